@@ -1,0 +1,1 @@
+"""CLIP head: contrastive image/text dual encoder on the shared backbone."""

@@ -1,0 +1,1 @@
+"""Data: the synthetic shapes world, webdataset shards, DataModules and the attribute judge."""

@@ -1,0 +1,289 @@
+"""GPT language model: token + position embeddings, the shared backbone under a causal mask, a final
+LayerNorm and an LM head tied to the token embedding (GPT-2's layout).
+
+``generate`` decodes with a KV cache through ``multimodal.sampling.decode``; ``score`` gives the
+log-probability of a text token by token ("a language model gives the probability of a sequence").
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from multimodal.checkpoint import register
+from multimodal.sampling import SamplingSettings, decode
+from multimodal.tokenizers import GPT2Tokenizer, Tokenizer, get_tokenizer
+from multimodal.transformer import Transformer, TransformerConfig
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    context_length: int = 1024
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    activation: str = "gelu_tanh"
+    norm_eps: float = 1e-5
+    bias: bool = True
+    dropout: float = 0.0
+    grad_checkpointing: bool = False
+    tokenizer: str = "byte"  # byte | clip | gpt2 (files saved beside the weights)
+
+    def backbone(self) -> TransformerConfig:
+        return TransformerConfig(
+            width=self.width,
+            layers=self.layers,
+            heads=self.heads,
+            mlp_ratio=self.mlp_ratio,
+            activation=self.activation,
+            norm_eps=self.norm_eps,
+            bias=self.bias,
+            dropout=self.dropout,
+            grad_checkpointing=self.grad_checkpointing,
+        )
+
+
+def _size(layers: int, width: int, heads: int, context: int) -> dict:
+    return {"layers": layers, "width": width, "heads": heads, "context_length": context}
+
+
+# Model sizes of the GPT-2 and GPT-3 papers (GPT-3: Table 2.1, context 2048).
+PRESETS: dict[str, dict] = {
+    "gpt2": _size(12, 768, 12, 1024),
+    "gpt2-medium": _size(24, 1024, 16, 1024),
+    "gpt2-large": _size(36, 1280, 20, 1024),
+    "gpt2-xl": _size(48, 1600, 25, 1024),
+    "gpt3-small": _size(12, 768, 12, 2048),
+    "gpt3-medium": _size(24, 1024, 16, 2048),
+    "gpt3-large": _size(24, 1536, 16, 2048),
+    "gpt3-xl": _size(24, 2048, 24, 2048),
+    "gpt3-2.7b": _size(32, 2560, 32, 2048),
+    "gpt3-6.7b": _size(32, 4096, 32, 2048),
+    "gpt3-13b": _size(40, 5140, 40, 2048),
+}
+
+
+def preset(name: str, **overrides) -> GPTConfig:
+    """``GPTConfig`` of a named paper size (``gpt2``, ``gpt3-small`` … ``gpt3-13b``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return GPTConfig(**{**PRESETS[name], **overrides})
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: list[int]
+    prompt_tokens: int
+    finish_reason: str  # "stop" (a stop string), "eot" (end-of-text) or "length"
+    truncated_prompt: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+@register("gpt")
+class GPT(nn.Module):
+    config_class = GPTConfig
+
+    def __init__(self, config: GPTConfig, tokenizer: Tokenizer | None = None):
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.width)
+        self.position_embedding = nn.Embedding(config.context_length, config.width)
+        self.drop = nn.Dropout(config.dropout)
+        self.transformer = Transformer(config.backbone())
+        self.ln_final = nn.LayerNorm(config.width, eps=config.norm_eps, bias=config.bias)
+        self.lm_head = nn.Linear(config.width, config.vocab_size, bias=False)
+        self.lm_head.weight = self.token_embedding.weight  # tied, as GPT-2
+        self.init_weights()
+        self.tokenizer = tokenizer if tokenizer is not None else self._default_tokenizer()
+
+    def _default_tokenizer(self) -> Tokenizer | None:
+        try:
+            return get_tokenizer(self.config.tokenizer) if self.config.tokenizer != "gpt2" else None
+        except Exception:  # noqa: BLE001 - the model works on ids without a tokenizer
+            return None
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        self.transformer.init_weights()
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.position_embedding.weight, std=0.01)
+        nn.init.ones_(self.ln_final.weight)
+        if self.ln_final.bias is not None:
+            nn.init.zeros_(self.ln_final.bias)
+
+    # -- export hooks (multimodal.checkpoint) --------------------------------------------------
+    def save_extra_files(self, directory: Path) -> None:
+        if isinstance(self.tokenizer, GPT2Tokenizer):
+            self.tokenizer.save(directory)
+
+    def load_extra_files(self, directory: Path) -> None:
+        if self.config.tokenizer == "gpt2" and (directory / "vocab.json").is_file():
+            self.tokenizer = GPT2Tokenizer.from_directory(directory)
+
+    # -- forward --------------------------------------------------------------------------------
+    def hidden(self, ids: Tensor, cache=None, pos: int = 0) -> Tensor:
+        """``ids [B, T]`` at positions ``[pos, pos+T)`` → final-norm hidden states ``[B, T, C]``."""
+        T = ids.shape[1]
+        if pos + T > self.config.context_length:
+            raise ValueError(f"sequence of {pos + T} tokens exceeds the context of {self.config.context_length}")
+        positions = torch.arange(pos, pos + T, device=ids.device)
+        x = self.drop(self.token_embedding(ids) + self.position_embedding(positions))  # [B, T, C]
+        x = self.transformer(x, "causal", cache, pos)
+        return self.ln_final(x)
+
+    def forward(self, ids: Tensor, cache=None, pos: int = 0) -> Tensor:
+        """``ids [B, T]`` → logits ``[B, T, V]``."""
+        return self.lm_head(self.hidden(ids, cache, pos))
+
+    def loss(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Mean next-token cross-entropy of ``ids [B, T]`` (positions where ``mask [B, T]`` is False on the
+        target are ignored)."""
+        logits = self(ids[:, :-1])
+        targets = ids[:, 1:]
+        if mask is not None:
+            targets = targets.masked_fill(~mask[:, 1:], -100)
+        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.position_embedding.weight.numel() if non_embedding else n
+
+    # -- scoring --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def token_logprobs(self, ids: Tensor) -> Tensor:
+        """``ids [B, T]`` → log p(ids[:, t] | ids[:, :t]) for t ≥ 1, shape ``[B, T-1]``."""
+        logp = self(ids[:, :-1]).float().log_softmax(-1)
+        return logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+    def _require_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; pass token ids")
+        return self.tokenizer
+
+    @torch.no_grad()
+    def score(self, text: str) -> dict:
+        """Log-probability of ``text``: per token, total (nats) and perplexity.
+
+        The text is preceded by the end-of-text token (GPT-2's document separator) so its first token
+        is scored too. Texts longer than the context are scored in windows that each see the previous
+        ``context_length // 2`` tokens.
+        """
+        tok = self._require_tokenizer()
+        ids = [tok.eot_id] + tok.encode(text)
+        device = self.token_embedding.weight.device
+        n_ctx = self.config.context_length
+        logprobs: list[float] = []
+        start = 0  # index of the first token whose log-prob is still to be computed (minus 1)
+        while start < len(ids) - 1:
+            window_start = max(0, start - n_ctx // 2) if start else 0
+            window = ids[window_start : window_start + n_ctx]
+            lp = self.token_logprobs(torch.tensor([window], device=device))[0]
+            first = start - window_start  # lp[i] scores window[i+1]
+            logprobs.extend(lp[first:].tolist())
+            start = window_start + len(window) - 1
+        total = float(sum(logprobs))
+        tokens = [tok.decode([i]) for i in ids[1:]]
+        return {
+            "text": text,
+            "tokens": tokens,
+            "token_ids": ids[1:],
+            "logprobs": logprobs,
+            "total_logprob": total,
+            "perplexity": math.exp(-total / max(len(logprobs), 1)),
+        }
+
+    # -- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        prompt: Tensor,
+        max_new_tokens: int,
+        settings: SamplingSettings | None = None,
+        is_done=None,
+        progress=None,
+    ) -> Tensor:
+        """KV-cached decoding: ``prompt [B, T]`` → new tokens ``[B, n]`` with n ≤ ``max_new_tokens``.
+
+        ``prompt + max_new_tokens`` must fit in the context (``generate`` cuts the prompt for you).
+        """
+        settings = settings or SamplingSettings()
+        B, T = prompt.shape
+        if T == 0:
+            raise ValueError("empty prompt")
+        total = T + max_new_tokens - 1
+        if total > self.config.context_length:
+            raise ValueError(f"prompt ({T}) + {max_new_tokens} new tokens exceed the context ({self.config.context_length})")
+        was_training = self.training
+        self.eval()
+        weight = self.token_embedding.weight
+        cache = self.transformer.make_cache(B, max(total, T), weight.device, weight.dtype)
+        first = self(prompt, cache, 0)[:, -1]
+
+        def step(token: Tensor, i: int) -> Tensor:
+            return self(token, cache, T + i)[:, -1]
+
+        out = decode(step, first, max_new_tokens, settings, settings.generator(weight.device), is_done, progress)
+        self.train(was_training)
+        return out
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        stop_at_eot: bool = True,
+    ) -> Generation:
+        """Continue ``prompt``; stops at a stop string (excluded from the text), end-of-text, or length.
+
+        A prompt that does not leave room for ``max_new_tokens`` is cut from the left (with a warning).
+        """
+        tok = self._require_tokenizer()
+        n_ctx = self.config.context_length
+        if max_new_tokens >= n_ctx:
+            warnings.warn(f"max_new_tokens {max_new_tokens} capped at {n_ctx - 1} (the context)", stacklevel=2)
+            max_new_tokens = n_ctx - 1
+        ids = tok.encode(prompt) or [tok.eot_id]
+        room = n_ctx - max_new_tokens + 1
+        truncated = len(ids) > room
+        if truncated:
+            warnings.warn(f"prompt of {len(ids)} tokens cut from the left to {room} to fit the context of {n_ctx}", stacklevel=2)
+            ids = ids[-room:]
+        settings = SamplingSettings(temperature, top_k, top_p, seed)
+        stops = [s for s in stop if s]
+
+        def is_done(tokens: Tensor) -> Tensor:
+            row = tokens[0].tolist()
+            if stop_at_eot and row[-1] == tok.eot_id:
+                return torch.ones(1, dtype=torch.bool)
+            text = tok.decode([t for t in row if t != tok.eot_id])
+            return torch.tensor([any(s in text for s in stops)])
+
+        device = self.token_embedding.weight.device
+        new = self.generate_ids(torch.tensor([ids], device=device), max_new_tokens, settings, is_done)[0].tolist()
+        reason = "length"
+        if stop_at_eot and tok.eot_id in new:
+            new = new[: new.index(tok.eot_id)]
+            reason = "eot"
+        text = tok.decode(new)
+        cut = [text.index(s) for s in stops if s in text]
+        if cut:
+            text, reason = text[: min(cut)], "stop"
+        return Generation(text, new, len(ids), reason, truncated)
+
+
+def config_dict(config: GPTConfig) -> dict:
+    return asdict(config)

@@ -1,0 +1,92 @@
+"""The suite's one decode loop and one logits filter, shared by the GPT LM and DALL·E."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class SamplingSettings:
+    """``temperature`` 0 means greedy; ``top_k`` / ``top_p`` of None (or 0 / 1.0) switch them off."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def generator(self, device: torch.device | str = "cpu") -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        g = torch.Generator(device=device)
+        g.manual_seed(self.seed)
+        return g
+
+
+def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Scale ``logits [B, V]`` by 1/temperature and set what top-k / nucleus filtering drops to -inf."""
+    logits = logits.float() / max(temperature, 1e-8)
+    if top_k:
+        k = min(top_k, logits.shape[-1])
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the tokens before it already cover top_p; the first always stays
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(logits: Tensor, settings: SamplingSettings, generator: torch.Generator | None = None) -> Tensor:
+    """One token per row of ``logits [B, V]`` → ``[B]``."""
+    if settings.temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits, settings.temperature, settings.top_k, settings.top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def decode(
+    step: Callable[[Tensor, int], Tensor],
+    first_logits: Tensor,
+    max_new_tokens: int,
+    settings: SamplingSettings,
+    generator: torch.Generator | None = None,
+    is_done: Callable[[Tensor], Tensor] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Tensor:
+    """Sample up to ``max_new_tokens`` tokens; returns ``[B, n]``.
+
+    ``first_logits [B, V]`` are the logits after the prompt; ``step(token [B, 1], i)`` feeds the i-th
+    new token (0-based) and returns the next logits ``[B, V]`` (a KV-cached forward). ``is_done(tokens
+    [B, n])`` → ``[B]`` bool ends decoding early once every row is done; ``progress(i)`` is called after
+    each token.
+    """
+    logits = first_logits
+    out: list[Tensor] = []
+    for i in range(max_new_tokens):
+        token = sample_next(logits, settings, generator)  # [B]
+        out.append(token)
+        if progress is not None:
+            progress(i)
+        tokens = torch.stack(out, dim=1)
+        if is_done is not None and bool(is_done(tokens).all()):
+            return tokens
+        if i + 1 < max_new_tokens:
+            logits = step(token[:, None], i)
+    if not out:
+        return first_logits.new_zeros((first_logits.shape[0], 0), dtype=torch.long)
+    return torch.stack(out, dim=1)

@@ -1,0 +1,131 @@
+"""One small interface over the suite's tokenizers.
+
+- ``ByteTokenizer``: UTF-8 bytes + end-of-text (257 ids); needs no files, used by the CPU configs.
+- ``ClipTokenizer``: CLIP's BPE (open_clip's ``SimpleTokenizer``, vocabulary shipped in open_clip).
+- ``GPT2Tokenizer``: GPT-2 byte-level BPE from ``vocab.json`` + ``merges.txt`` (``tokenizers``).
+
+Each has ``encode(text) -> list[int]``, ``decode(ids) -> str``, ``vocab_size``, ``eot_id``, ``name``,
+and ``batch(texts, length)`` giving a padded ``[B, length]`` tensor with the end-of-text id last.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    name: str
+    vocab_size: int
+    eot_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def pad_batch(rows: list[list[int]], length: int, pad_id: int = 0) -> Tensor:
+    out = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        row = row[:length]
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
+class ByteTokenizer:
+    name = "byte"
+    vocab_size = 257
+    eot_id = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+    def batch(self, texts: Sequence[str], length: int) -> Tensor:
+        return pad_batch([self.encode(t)[: length - 1] + [self.eot_id] for t in texts], length)
+
+
+class ClipTokenizer:
+    """open_clip's BPE: ``<start_of_text> tokens <end_of_text>``, lower-cased and cleaned like CLIP."""
+
+    name = "clip"
+
+    def __init__(self) -> None:
+        from open_clip.tokenizer import SimpleTokenizer
+
+        self._tok = SimpleTokenizer()
+        self.vocab_size = len(self._tok.encoder)
+        self.sot_id = self._tok.all_special_ids[0]
+        self.eot_id = self._tok.all_special_ids[1]
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = [int(i) for i in ids if int(i) not in (self.sot_id, self.eot_id, 0)]
+        return self._tok.decode(ids).strip()
+
+    def batch(self, texts: Sequence[str], length: int = 77) -> Tensor:
+        """Same ids as ``open_clip.tokenize``: truncated so the end-of-text token is always kept."""
+        rows = [[self.sot_id] + self.encode(t)[: length - 2] + [self.eot_id] for t in texts]
+        return pad_batch(rows, length)
+
+
+class GPT2Tokenizer:
+    """GPT-2's byte-level BPE read from ``vocab.json`` and ``merges.txt``."""
+
+    name = "gpt2"
+    files = ("vocab.json", "merges.txt")
+
+    def __init__(self, vocab_file: str | Path, merges_file: str | Path) -> None:
+        from tokenizers import ByteLevelBPETokenizer
+
+        self.vocab_file, self.merges_file = Path(vocab_file), Path(merges_file)
+        self._tok = ByteLevelBPETokenizer(str(vocab_file), str(merges_file), add_prefix_space=False)
+        eot = self._tok.token_to_id("<|endoftext|>")
+        if eot is None:
+            raise ValueError(f"{vocab_file}: no <|endoftext|> token")
+        self._tok.add_special_tokens(["<|endoftext|>"])
+        self.eot_id = eot
+        self.vocab_size = self._tok.get_vocab_size()
+
+    @classmethod
+    def from_directory(cls, directory: str | Path) -> "GPT2Tokenizer":
+        directory = Path(directory)
+        return cls(directory / "vocab.json", directory / "merges.txt")
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def batch(self, texts: Sequence[str], length: int) -> Tensor:
+        return pad_batch([self.encode(t)[: length - 1] + [self.eot_id] for t in texts], length, self.eot_id)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        for src in (self.vocab_file, self.merges_file):
+            dst = directory / src.name
+            if src.resolve() != dst.resolve():
+                shutil.copyfile(src, dst)
+
+
+def get_tokenizer(name: str, directory: str | Path | None = None) -> Tokenizer:
+    """``byte`` | ``clip`` | ``gpt2`` (the latter reads ``vocab.json`` + ``merges.txt`` from ``directory``)."""
+    if name == "byte":
+        return ByteTokenizer()
+    if name == "clip":
+        return ClipTokenizer()
+    if name == "gpt2":
+        if directory is None:
+            raise ValueError("the gpt2 tokenizer needs a directory holding vocab.json and merges.txt")
+        return GPT2Tokenizer.from_directory(directory)
+    raise ValueError(f"unknown tokenizer {name!r} (byte, clip, gpt2)")
