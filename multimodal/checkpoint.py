@@ -15,8 +15,9 @@ import importlib
 import json
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -225,7 +226,9 @@ def load_model(path: str | Path, kind: str | tuple[str, ...] | None = None) -> n
             raise CheckpointError(f"{path}: {WEIGHTS_FILE} is missing")
         return build(meta, load_state_file(weights), path, directory=path)
     if path.suffix == ".safetensors":
-        raise CheckpointError(f"{path}: a bare weights file; pass the export directory that holds it and its config.json")
+        raise CheckpointError(
+            f"{path}: a bare weights file; pass the export directory that holds it and its config.json"
+        )
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -221,7 +221,9 @@ class GPT(nn.Module):
             raise ValueError("empty prompt")
         total = T + max_new_tokens - 1
         if total > self.config.context_length:
-            raise ValueError(f"prompt ({T}) + {max_new_tokens} new tokens exceed the context ({self.config.context_length})")
+            raise ValueError(
+                f"prompt ({T}) + {max_new_tokens} new tokens exceed the context ({self.config.context_length})"
+            )
         was_training = self.training
         self.eval()
         weight = self.token_embedding.weight
@@ -260,7 +262,9 @@ class GPT(nn.Module):
         room = n_ctx - max_new_tokens + 1
         truncated = len(ids) > room
         if truncated:
-            warnings.warn(f"prompt of {len(ids)} tokens cut from the left to {room} to fit the context of {n_ctx}", stacklevel=2)
+            warnings.warn(
+                f"prompt of {len(ids)} tokens cut from the left to {room} to fit the context of {n_ctx}", stacklevel=2
+            )
             ids = ids[-room:]
         settings = SamplingSettings(temperature, top_k, top_p, seed)
         stops = [s for s in stop if s]

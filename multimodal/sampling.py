@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -34,7 +34,9 @@ class SamplingSettings:
         return g
 
 
-def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+def filter_logits(
+    logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> Tensor:
     """Scale ``logits [B, V]`` by 1/temperature and set what top-k / nucleus filtering drops to -inf."""
     logits = logits.float() / max(temperature, 1e-8)
     if top_k:

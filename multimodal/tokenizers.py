@@ -11,8 +11,9 @@ and ``batch(texts, length)`` giving a padded ``[B, length]`` tensor with the end
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -97,7 +98,7 @@ class GPT2Tokenizer:
         self.vocab_size = self._tok.get_vocab_size()
 
     @classmethod
-    def from_directory(cls, directory: str | Path) -> "GPT2Tokenizer":
+    def from_directory(cls, directory: str | Path) -> GPT2Tokenizer:
         directory = Path(directory)
         return cls(directory / "vocab.json", directory / "merges.txt")
 

@@ -1,0 +1,192 @@
+"""Text DataModule for the GPT language model.
+
+Documents come from text files, directories of ``.txt`` files, webdataset shards with a ``txt`` member,
+or a synthetic generator of the suite. They are tokenized, joined with the end-of-text token and packed
+into fixed-length sequences of ``context_length + 1`` tokens (inputs and shifted targets), as GPT-2 and
+GPT-3 pre-training do.
+
+Files and synthetic text are held in memory (map-style: Lightning's DistributedSampler gives every rank
+the same number of batches). Shards stream through webdataset, split by node and by worker, with a fixed
+number of batches per rank per epoch so DDP never waits on a rank that ran dry.
+"""
+
+from __future__ import annotations
+
+import glob
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from multimodal.tokenizers import Tokenizer, get_tokenizer
+
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def arithmetic_documents(n: int, seed: int = 0, max_digits: int = 2) -> list[str]:
+    """``n`` lines like ``"37+45=82"`` / ``"12-30=-18"``: a small language with exact rules, so a tiny
+    model's validation loss must fall if it learns anything."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n):
+        a, b = rng.randrange(10**max_digits), rng.randrange(10**max_digits)
+        op = rng.choice("+-")
+        docs.append(f"{a}{op}{b}={a + b if op == '+' else a - b}")
+    return docs
+
+
+SYNTHETIC = {"arithmetic": arithmetic_documents}
+
+
+def is_shard_spec(spec: str) -> bool:
+    return (
+        spec.startswith(("pipe:", "http://", "https://"))
+        or spec.endswith(SHARD_SUFFIXES)
+        or ("{" in spec and ".tar" in spec)
+    )
+
+
+def read_documents(spec: str | Sequence[str]) -> list[str]:
+    """Documents from files (one document per file), directories (every ``*.txt`` below) or globs."""
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    docs: list[str] = []
+    for s in specs:
+        paths = sorted(Path(p) for p in glob.glob(s)) or [Path(s)]
+        for p in paths:
+            if p.is_dir():
+                files = sorted(p.rglob("*.txt"))
+            elif p.is_file():
+                files = [p]
+            else:
+                raise FileNotFoundError(f"{p}: no such file or directory")
+            docs.extend(f.read_text(encoding="utf-8", errors="replace") for f in files)
+    return docs
+
+
+def pack(docs: Sequence[str], tokenizer: Tokenizer, length: int) -> torch.Tensor:
+    """Tokenize, join with end-of-text, cut into rows of ``length`` tokens → ``[N, length]`` (tail dropped)."""
+    stream: list[int] = []
+    for d in docs:
+        stream.extend(tokenizer.encode(d))
+        stream.append(tokenizer.eot_id)
+    n = len(stream) // length
+    if n == 0:
+        raise ValueError(f"only {len(stream)} tokens of text: not one sequence of {length}")
+    return torch.tensor(stream[: n * length], dtype=torch.long).view(n, length)
+
+
+class PackedDataset(Dataset):
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows  # [N, T+1]
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.rows[i]
+
+
+class ShardTextStream(IterableDataset):
+    """Packed sequences streamed from webdataset shards' ``txt`` members (split by node and worker)."""
+
+    def __init__(self, urls: str, tokenizer: Tokenizer, length: int, shuffle: bool, seed: int = 0):
+        self.urls, self.tokenizer, self.length, self.shuffle, self.seed = urls, tokenizer, length, shuffle, seed
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        import webdataset as wds
+
+        ds = wds.WebDataset(
+            self.urls,
+            nodesplitter=wds.split_by_node,  # explicit: webdataset's default raises under DDP
+            workersplitter=wds.split_by_worker,
+            shardshuffle=100 if self.shuffle else False,
+            seed=self.seed,
+            handler=wds.warn_and_continue,
+            empty_check=False,
+        )
+        buf: list[int] = []
+        for sample in ds:
+            text = sample.get("txt")
+            if text is None:
+                continue
+            buf.extend(self.tokenizer.encode(text.decode("utf-8", errors="replace")))
+            buf.append(self.tokenizer.eot_id)
+            while len(buf) >= self.length:
+                yield torch.tensor(buf[: self.length], dtype=torch.long)
+                buf = buf[self.length :]
+
+
+class TextDataModule(L.LightningDataModule):
+    """Packed text for next-token prediction; batches are ``[B, context_length + 1]`` token ids.
+
+    Args:
+        train / val: files, directories, globs, or webdataset shard URLs (brace patterns, ``pipe:``, http).
+        synthetic: instead of files, generate ``synthetic_docs`` documents (``arithmetic``); ``val`` is
+            then a disjoint ``val_fraction`` of them.
+        tokenizer: ``byte`` | ``clip`` | ``gpt2`` (``tokenizer_dir`` holds its vocab.json + merges.txt).
+        batches_per_epoch: for streamed shards, batches each rank yields per epoch (equal on every rank).
+    """
+
+    def __init__(
+        self,
+        train: str | list[str] | None = None,
+        val: str | list[str] | None = None,
+        synthetic: str | None = None,
+        synthetic_docs: int = 20000,
+        val_fraction: float = 0.05,
+        tokenizer: str = "byte",
+        tokenizer_dir: str | None = None,
+        context_length: int = 128,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        batches_per_epoch: int = 1000,
+        val_batches: int = 50,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if train is None and synthetic is None:
+            raise ValueError("give train files/shards or a synthetic source")
+        if synthetic is not None and synthetic not in SYNTHETIC:
+            raise ValueError(f"unknown synthetic source {synthetic!r}; known: {', '.join(SYNTHETIC)}")
+        self.save_hyperparameters()
+        self.tokenizer = get_tokenizer(tokenizer, tokenizer_dir)
+        self.length = context_length + 1
+        self.train_set: Dataset | IterableDataset | None = None
+        self.val_set: Dataset | IterableDataset | None = None
+
+    def _source(self, spec, shuffle: bool) -> Dataset | IterableDataset:
+        if isinstance(spec, str) and is_shard_spec(spec):
+            return ShardTextStream(spec, self.tokenizer, self.length, shuffle, self.hparams.seed)
+        return PackedDataset(pack(read_documents(spec), self.tokenizer, self.length))
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if hp.synthetic is not None:
+            docs = SYNTHETIC[hp.synthetic](hp.synthetic_docs, hp.seed)
+            n_val = max(1, int(len(docs) * hp.val_fraction))
+            self.train_set = PackedDataset(pack(docs[n_val:], self.tokenizer, self.length))
+            self.val_set = PackedDataset(pack(docs[:n_val], self.tokenizer, self.length))
+            return
+        self.train_set = self._source(hp.train, shuffle=True)
+        if hp.val is not None:
+            self.val_set = self._source(hp.val, shuffle=False)
+
+    def _loader(self, ds, shuffle: bool, n_batches: int) -> DataLoader:
+        hp = self.hparams
+        if isinstance(ds, IterableDataset):
+            import webdataset as wds
+
+            loader = wds.WebLoader(ds, batch_size=hp.batch_size, num_workers=hp.num_workers)
+            return loader.repeat(2).with_epoch(n_batches)  # repeat: a short shard list still fills the epoch
+        return DataLoader(ds, batch_size=hp.batch_size, shuffle=shuffle, num_workers=hp.num_workers, drop_last=shuffle)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True, self.hparams.batches_per_epoch)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return self._loader(self.val_set, False, self.hparams.val_batches)

@@ -1,0 +1,47 @@
+import json
+
+import pytest
+
+from multimodal.checkpoint import save_export
+from multimodal.generate import main
+
+
+def test_generate_from_export_json(tiny_gpt, tmp_path, capsys):
+    out = save_export(tiny_gpt, tmp_path / "m")
+    args = ["ab", "--checkpoint", str(out), "--max-tokens", "5", "--temperature", "0.8", "--seed", "1", "--json"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first  # same seed, same text
+    record = json.loads(first)
+    assert set(record) >= {"prompt", "completion", "tokens", "finish_reason", "prompt_truncated"}
+
+
+def test_long_prompt_warns_on_stderr(tiny_gpt, tmp_path, capsys):
+    out = save_export(tiny_gpt, tmp_path / "m")
+    assert main(["q" * 200, "--checkpoint", str(out), "--max-tokens", "4", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "cut from the left" in captured.err and json.loads(captured.out)["prompt_truncated"] is True
+
+
+def test_hf_directory(gpt2_dir, capsys):
+    assert main(["the cat", "--checkpoint", str(gpt2_dir), "--max-tokens", "3", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("the cat")
+
+
+@pytest.mark.parametrize("case", ["missing", "damaged", "not_a_model", "bad_flag"])
+def test_bad_input_is_one_line_exit_2(case, tiny_gpt, tmp_path, capsys):
+    path = tmp_path / "x"
+    args_extra = []
+    if case == "damaged":
+        save_export(tiny_gpt, path)
+        (path / "model.safetensors").write_bytes(b"\x00" * 10)
+    elif case == "not_a_model":
+        path.mkdir()
+        (path / "config.json").write_text("{}")
+    elif case == "bad_flag":
+        save_export(tiny_gpt, path)
+        args_extra = ["--top-p", "1.5"]
+    code = main(["hi", "--checkpoint", str(path), *args_extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and "\n" not in err and "Traceback" not in err
