@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -85,7 +85,6 @@ class Generation:
     prompt_tokens: int
     finish_reason: str  # "stop" (a stop string), "eot" (end-of-text) or "length"
     truncated_prompt: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 @register("gpt")
@@ -228,7 +227,7 @@ class GPT(nn.Module):
         self.eval()
         weight = self.token_embedding.weight
         cache = self.transformer.make_cache(B, max(total, T), weight.device, weight.dtype)
-        first = self(prompt, cache, 0)[:, -1]
+        first = self.lm_head(self.hidden(prompt, cache, 0)[:, -1])  # only the last position's logits
 
         def step(token: Tensor, i: int) -> Tensor:
             return self(token, cache, T + i)[:, -1]
@@ -287,7 +286,3 @@ class GPT(nn.Module):
         if cut:
             text, reason = text[: min(cut)], "stop"
         return Generation(text, new, len(ids), reason, truncated)
-
-
-def config_dict(config: GPTConfig) -> dict:
-    return asdict(config)
