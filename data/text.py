@@ -38,7 +38,14 @@ def arithmetic_documents(n: int, seed: int = 0, max_digits: int = 2) -> list[str
     return docs
 
 
-SYNTHETIC = {"arithmetic": arithmetic_documents}
+def task_documents(n: int, seed: int = 0) -> list[str]:
+    """``n`` few-shot-style documents of the GPT-3 paper's synthetic tasks (``multimodal.tasks``)."""
+    from multimodal.tasks import training_documents
+
+    return training_documents(n, seed)
+
+
+SYNTHETIC = {"arithmetic": arithmetic_documents, "tasks": task_documents}
 
 
 def is_shard_spec(spec: str) -> bool:
