@@ -1,0 +1,172 @@
+"""The discrete VAE: shapes of the tokenizer interface, losses, schedules, training, export."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dalle.vae import DiscreteVAE, VAEConfig, VAEModule, code_usage, cosine_ramp, psnr
+from multimodal.checkpoint import load_model, save_export
+from tests.vae_helpers import blocks_images, tiny_config, tiny_vae
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny convs: two OpenMP threads on a busy 2-core machine are many times slower than one
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("downsample", [4, 8, 16])
+def test_encode_decode_shapes(downsample):
+    model = tiny_vae(downsample=downsample, image_size=32)
+    images = blocks_images(2, 32)
+    logits = model.encode_logits(images)
+    assert logits.shape == (2, 16, 32 // downsample, 32 // downsample)
+    ids = model.encode(images)
+    assert ids.shape == (2, 32 // downsample, 32 // downsample) and ids.dtype == torch.long
+    assert torch.equal(ids, logits.argmax(1))
+    out = model.decode(ids)
+    assert out.shape == (2, 3, 32, 32)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_decode_ids_equals_decoder_on_one_hot():
+    # decode reads the input conv as an embedding table; it must equal the conv over one-hot codes
+    model = tiny_vae()
+    torch.nn.init.normal_(model.decoder.input.bias)
+    ids = torch.randint(0, 16, (2, 4, 4))
+    one_hot = F.one_hot(ids, 16).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        a = model.stats_to_images(model.decoder(one_hot))
+    assert torch.allclose(model.decode(ids), a, atol=1e-6)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = tiny_vae()
+    with pytest.raises(ValueError, match="multiple of the downsampling"):
+        model.encode(torch.rand(1, 3, 18, 18))
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        model.encode(torch.rand(3, 16, 16))
+    with pytest.raises(ValueError, match="code ids must be in"):
+        model.decode(torch.full((1, 4, 4), 16))
+    with pytest.raises(ValueError, match="power of 2"):
+        VAEConfig(downsample=6)
+    with pytest.raises(ValueError, match="halvings"):
+        VAEConfig(downsample=8, channel_mults=[1, 2])
+
+
+def test_logit_laplace_decoder_has_mu_and_scale():
+    model = tiny_vae()
+    assert model.decoder.output.out_channels == 6
+    assert tiny_vae(loss="mse").decoder.output.out_channels == 3
+
+
+def test_logit_laplace_loss_prefers_the_true_image():
+    model = tiny_vae()
+    x = blocks_images(2)
+    xm = model.map_pixels(x)
+    mu = torch.log(xm) - torch.log1p(-xm)
+    exact = torch.cat([mu, torch.full_like(mu, -3.0)], 1)
+    off = torch.cat([mu + 0.5, torch.full_like(mu, -3.0)], 1)
+    assert model.recon_loss(exact, x) < model.recon_loss(off, x)
+    # mean of the exact prediction unmaps to the image itself
+    assert torch.allclose(model.stats_to_images(exact), x, atol=1e-5)
+
+
+def test_kl_to_uniform_prior():
+    model = tiny_vae()
+    x = blocks_images(2)
+    with torch.no_grad():
+        # zero logits = the uniform posterior: KL 0
+        model.encoder.output.weight.zero_()
+        model.encoder.output.bias.zero_()
+        assert model(x)["kl"].abs() < 1e-6
+        # one confident code everywhere: KL = log K per cell, over sub-pixels
+        model.encoder.output.bias[3] = 100.0
+        kl = model(x)["kl"]
+    assert math.isclose(float(kl), 4 * 4 * math.log(16) / (3 * 16 * 16), rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("straight_through", [False, True])
+def test_gumbel_gradients_reach_the_encoder(straight_through):
+    model = tiny_vae().train()
+    out = model(blocks_images(4), temperature=0.5, kl_weight=1.0, straight_through=straight_through)
+    out["loss"].backward()
+    assert model.encoder.input.weight.grad.abs().sum() > 0
+    assert model.decoder.input.weight.grad.abs().sum() > 0
+
+
+def test_schedules_follow_the_paper():
+    module = VAEModule(tiny_config(), temperature_steps=100, kl_warmup_steps=50, kl_weight=6.6)
+    assert module.temperature(0) == 1.0 and module.temperature(100) == 1 / 16
+    assert 1 / 16 < module.temperature(50) < 1.0
+    assert module.kl_weight(0) == 0.0 and math.isclose(module.kl_weight(50), 6.6)
+    assert module.kl_weight(10) < module.kl_weight(40)
+    assert cosine_ramp(5, 0, 1.0, 2.0) == 2.0
+
+
+def test_metrics():
+    a = torch.rand(2, 3, 8, 8)
+    assert torch.isinf(psnr(a, a)).logical_not().all() and psnr(a, a).min() >= 99
+    assert math.isclose(float(psnr(torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.1))), 20.0, rel_tol=1e-5)
+    ppl, used = code_usage(torch.tensor([5, 5, 0, 0]))
+    assert math.isclose(ppl, 2.0, rel_tol=1e-6) and used == 0.5
+
+
+def test_export_round_trip(tmp_path):
+    model = tiny_vae(seed=1, channel_mults=[1, 1, 2])
+    save_export(model, tmp_path / "vae")
+    loaded = load_model(tmp_path / "vae", kind="vae")
+    assert isinstance(loaded, DiscreteVAE) and loaded.config == model.config
+    x = blocks_images(3)
+    assert torch.equal(loaded.encode(x), model.encode(x))
+    assert torch.allclose(loaded.decode(model.encode(x)), model.decode(model.encode(x)))
+
+
+def test_training_learns_and_logs(tmp_path):
+    """A few Lightning steps on a tiny set: loss falls, metrics and the recon grid are logged,
+    the .ckpt reloads with weights_only through load_model."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    images = blocks_images(16, 16, seed=3)
+    data = [{"image": img} for img in images]
+    loader = DataLoader(data, batch_size=8, collate_fn=lambda rows: {"image": torch.stack([r["image"] for r in rows])})
+    torch.manual_seed(0)
+    module = VAEModule(tiny_config(), lr=3e-3, temperature_steps=40, kl_warmup_steps=20, kl_weight=1.0, grid_images=4)
+    with torch.no_grad():
+        before = module.model(images, hard=True)["recon_loss"].item()
+    trainer = L.Trainer(
+        max_steps=60,
+        logger=CSVLogger(tmp_path, name="vae"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=10,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, loader, loader)
+    module.eval()
+    with torch.no_grad():
+        after = module.model(images, hard=True)["recon_loss"].item()
+    assert after < before - 0.1
+    metrics = trainer.logged_metrics
+    for key in ("val/psnr", "val/codebook_used", "val/perplexity", "train/temperature", "train/kl_weight"):
+        assert key in metrics, key
+    assert 0 < float(metrics["val/codebook_used"]) <= 1
+    grids = list((tmp_path / "vae").rglob("reconstructions/*.png"))
+    assert grids, "no reconstruction grid written"
+    from PIL import Image
+
+    with Image.open(grids[0]) as im:  # 4 originals above 4 reconstructions
+        assert im.size == (4 * 18 + 2, 2 * 18 + 2)
+    ckpt = next((tmp_path / "vae").rglob("*.ckpt"))
+    loaded = load_model(ckpt, kind="vae")
+    assert torch.equal(loaded.encode(images), module.model.encode(images))
