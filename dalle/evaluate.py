@@ -1,0 +1,145 @@
+"""Score a DALL·E model on the shapes world with the attribute judge, with and without CLIP reranking.
+
+    python -m dalle.evaluate --checkpoint runs/dalle-shapes --judge runs/judge --clip runs/clip-shapes
+
+For each split (``val``: colour × shape pairs seen in training; ``heldout``: the held-out pairs) it takes
+the captions of the first ``--prompts`` samples of that split, draws ``--candidates`` images per
+caption (one batch), and reports
+
+- ``all``: the fraction of *all* candidates whose every requested attribute the judge finds right
+  (a random sample's accuracy), and per attribute;
+- ``rerank``: the same for the one candidate per caption CLIP scores highest (``--candidates`` → 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+
+from dalle.sample import UsageError, clip_scores, load_clip
+from multimodal.checkpoint import CheckpointError, load_model
+from multimodal.sampling import SamplingSettings
+
+
+def shapes_prompts(split: str, count: int, seed: int = 0, objects: str = "1") -> list[str]:
+    """Captions of samples ``0 .. count-1`` of a shapes-world split (no rendering)."""
+    from data import shapes
+
+    out = []
+    for i in range(count):
+        rng = shapes.sample_rng(seed, split, i)
+        out.append(shapes.caption_for(shapes.sample(rng, split, objects), rng))
+    return out
+
+
+@torch.no_grad()
+def evaluate_split(
+    model,
+    judge,
+    prompts: Sequence[str],
+    candidates: int,
+    settings: SamplingSettings,
+    guidance: float = 1.0,
+    clip=None,
+    batch_rows: int = 128,
+    progress: bool = True,
+) -> dict:
+    from tqdm import tqdm
+
+    per = max(1, batch_rows // candidates)  # prompts per batch
+    generator = settings.generator(model.text_embedding.weight.device)
+    all_rows, best_rows = [], []
+    bar = tqdm(total=len(prompts), desc="prompts", unit="prompt", disable=not progress, file=sys.stderr)
+    for start in range(0, len(prompts), per):
+        chunk = list(prompts[start : start + per])
+        rep = [p for p in chunk for _ in range(candidates)]
+        text = model.tokenize(rep, warn=False)
+        codes = model.generate_codes(text, settings, guidance, generator=generator)
+        images = model.vae.decode(codes).clamp(0, 1)
+        scored = judge.score(images, rep)["per_image"]
+        all_rows.extend(scored)
+        if clip is not None:
+            s = clip_scores(clip, images, rep).view(len(chunk), candidates)
+            best = s.argmax(1) + torch.arange(len(chunk)) * candidates
+            best_rows.extend(scored[i] for i in best.tolist())
+        bar.update(len(chunk))
+    bar.close()
+
+    def summary(rows: list[dict]) -> dict:
+        attrs = sorted({a for r in rows for a in r["correct"]})
+        acc = {
+            a: sum(r["correct"][a] for r in rows if a in r["correct"]) / max(1, sum(a in r["correct"] for r in rows))
+            for a in attrs
+        }
+        acc["all"] = sum(r["all"] for r in rows) / max(1, len(rows))
+        return {"images": len(rows), "accuracy": {k: round(v, 4) for k, v in acc.items()}}
+
+    out = {"prompts": len(prompts), "candidates": candidates, "random": summary(all_rows)}
+    if clip is not None:
+        out["rerank"] = summary(best_rows)
+        out["rerank_gain_points"] = round(
+            100 * (out["rerank"]["accuracy"]["all"] - out["random"]["accuracy"]["all"]), 2
+        )
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dalle.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="DALL·E export directory or .ckpt")
+    p.add_argument("--judge", required=True, help="the shapes judge (export directory, e.g. runs/judge)")
+    p.add_argument("--clip", default=None, help="CLIP for reranking (export dir / .ckpt, or open_clip weights)")
+    p.add_argument("--clip-model", default=None, help="open_clip config name when --clip is a weights file")
+    p.add_argument("--splits", nargs="+", default=["val", "heldout"], choices=["val", "heldout", "train"])
+    p.add_argument("--prompts", type=int, default=64, help="captions per split (default 64)")
+    p.add_argument("--candidates", type=int, default=16, help="images per caption (default 16)")
+    p.add_argument("--objects", default="1", help="objects per image of the prompts: 1, 2 or mixed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--batch-rows", type=int, default=128, help="sequences sampled per batch")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        if args.prompts < 1 or args.candidates < 1:
+            raise UsageError("--prompts and --candidates must be >= 1")
+        from data.judge import Judge
+
+        settings = SamplingSettings(args.temperature, args.top_k, args.top_p, args.seed)
+        model = load_model(args.checkpoint, "dalle").eval()
+        if model.vae is None:
+            raise UsageError(f"{args.checkpoint}: carries no dVAE to decode images")
+        judge = Judge.from_checkpoint(args.judge)
+        clip = load_clip(args.clip, args.clip_model) if args.clip else None
+        result = {"checkpoint": args.checkpoint, "settings": vars(args) | {"json": None}, "splits": {}}
+        for split in args.splits:
+            t0 = time.time()
+            prompts = shapes_prompts(split, args.prompts, 0, args.objects)
+            r = evaluate_split(model, judge, prompts, args.candidates, settings, args.guidance, clip, args.batch_rows)
+            r["seconds"] = round(time.time() - t0, 1)
+            result["splits"][split] = r
+    except (UsageError, CheckpointError, ValueError) as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for split, r in result["splits"].items():
+        line = (
+            f"{split:8s} all attributes right: {r['random']['accuracy']['all']:.1%} of {r['random']['images']} samples"
+        )
+        if "rerank" in r:
+            line += f"; CLIP rerank {args.candidates}->1: {r['rerank']['accuracy']['all']:.1%} ({r['rerank_gain_points']:+.1f} points)"
+        print(line)
+        print("         " + ", ".join(f"{k} {v:.1%}" for k, v in r["random"]["accuracy"].items() if k != "all"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""``python -m dalle.evaluate``: judge scores with and without CLIP reranking (tiny random models)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dalle.evaluate import main, shapes_prompts
+from tests.dalle_helpers import dalle_export, tiny_clip_export
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_prompts_come_from_the_right_split():
+    from data.shapes import HELDOUT_PAIRS, parse_caption
+
+    held = set(HELDOUT_PAIRS)
+    for split, inside in (("val", False), ("heldout", True)):
+        for p in shapes_prompts(split, 20):
+            o = parse_caption(p)[0]
+            assert ((o["color"], o["shape"]) in held) == inside, p
+
+
+def test_evaluate_reports_random_and_reranked_accuracy(tmp_path, capsys):
+    from data.judge import JudgeConfig, ShapesJudge
+    from multimodal.checkpoint import save_export
+
+    torch.manual_seed(0)
+    judge = save_export(ShapesJudge(JudgeConfig(image_size=16, width=4)).eval(), tmp_path / "judge")
+    ckpt = dalle_export(tmp_path / "dalle", text_length=64)
+    clip = tiny_clip_export(tmp_path / "clip")
+    argv = ["--checkpoint", ckpt, "--judge", judge, "--clip", clip, "--prompts", 3, "--candidates", 4, "--json"]
+    assert main([str(a) for a in argv]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for split in ("val", "heldout"):
+        r = out["splits"][split]
+        assert r["random"]["images"] == 12 and r["rerank"]["images"] == 3
+        assert 0 <= r["random"]["accuracy"]["all"] <= 1 and "color" in r["random"]["accuracy"]
+    assert main(["--checkpoint", str(tmp_path / "nope"), "--judge", str(judge)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
