@@ -1,0 +1,90 @@
+"""The demo on tiny random models: it must run end to end, write a browsable page and report scores."""
+
+import json
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from multimodal.checkpoint import save_export
+from multimodal.demo import demo_path, main, package
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    from clip.model import CLIP, CLIPConfig, TextConfig, VisionConfig
+    from dalle.model import DALLE, DALLEConfig
+    from dalle.vae import DiscreteVAE, VAEConfig
+    from data.judge import JudgeConfig, ShapesJudge
+
+    root = tmp_path_factory.mktemp("demo-models")
+    torch.manual_seed(0)
+    vae = DiscreteVAE(
+        VAEConfig(image_size=64, codebook_size=16, downsample=8, hidden=8, blocks_per_group=1, init_channels=8)
+    )
+    dalle = DALLE(
+        DALLEConfig(
+            text_length=48,
+            text_vocab_size=257,
+            tokenizer="byte",
+            image_grid=8,
+            image_vocab_size=16,
+            width=32,
+            layers=2,
+            heads=4,
+            vae=asdict(vae.config),
+        )
+    )
+    dalle.vae.load_state_dict(vae.state_dict())
+    save_export(dalle, root / "dalle")
+    clip = CLIP(
+        CLIPConfig(
+            embed_dim=16,
+            vision=VisionConfig(image_size=64, patch_size=16, width=32, layers=1, heads=4),
+            text=TextConfig(
+                context_length=32, vocab_size=257, width=32, heads=4, layers=1, tokenizer="byte", pool_type="last"
+            ),
+        )
+    )
+    save_export(clip, root / "clip")
+    save_export(ShapesJudge(JudgeConfig(width=8)), root / "judge")
+    return root
+
+
+def test_demo_writes_page_and_scores(tiny_models, tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["--models", str(tiny_models), "--out", str(out), "--prompts", "2", "--candidates", "2", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    page = (out / "index.html").read_text()
+    for png in (
+        "dalle-val.png",
+        "dalle-heldout.png",
+        "clip-val.png",
+        "clip-heldout.png",
+        "image-prompts.png",
+        "scores.png",
+    ):
+        assert (out / png).stat().st_size > 0 and png in page
+    assert all(0.0 <= v <= 1.0 for v in result["scores"].values())
+    assert {"CLIP zero-shot heldout", "DALL·E image-prompt completion"} <= set(result["scores"])
+
+
+def test_missing_models_is_one_line_error(tmp_path, capsys):
+    assert main(["--models", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "multimodal.demo build" in err
+    assert not (tmp_path / "o" / "index.html").exists()
+
+
+def test_package_halves_weights_and_loads(tiny_models, tmp_path):
+    record = package({k: tiny_models / k for k in ("clip", "dalle", "judge")}, tmp_path, half=True, info={"x": 1})
+    assert record["total_megabytes"] > 0 and json.loads((tmp_path / "demo.json").read_text())["x"] == 1
+    from safetensors.torch import load_file
+
+    assert all(v.dtype != torch.float32 for v in load_file(str(tmp_path / "clip" / "model.safetensors")).values())
+    assert demo_path("clip", tmp_path) is not None and demo_path("vae", tmp_path) is None
+    from multimodal.checkpoint import load_model
+
+    m = load_model(tmp_path / "clip", "clip")
+    assert next(m.parameters()).dtype == torch.float32
