@@ -360,9 +360,9 @@ def build(root: Path, skip_training: bool = False, half: bool = True) -> dict:
             t = time.perf_counter()
             print(f"training {name}: python -m multimodal.train fit --config {config}", file=sys.stderr)
             subprocess.run([sys.executable, "-m", "multimodal.train", "fit", "--config", config], cwd=root, check=True)
-            trained[name] = {"config": config, "seconds": round(time.perf_counter() - t, 1)}
+            trained[name] = {"config": config, "export": export, "seconds": round(time.perf_counter() - t, 1)}
         else:
-            trained[name] = {"config": config}
+            trained[name] = {"config": config, "export": export}
     exports = {"clip": root / "runs/clip-shapes", "dalle": root / "runs/dalle-shapes", "judge": root / "runs/judge"}
     return package(exports, DEMO_DIR, half, {"trained": trained, "command": "python -m multimodal.demo build"})
 
