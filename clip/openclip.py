@@ -1,0 +1,452 @@
+"""Import and export open_clip / OpenAI CLIP weights (ViT towers) to and from ``clip.model.CLIP``.
+
+Any ViT-based open_clip model config works, named (``ViT-B-32``, ``ViT-B-32-quickgelu``, ``ViT-B-16``,
+``ViT-L-14`` …) or as a json file (an open_clip model config, or the ``open_clip_config.json`` the hub
+ships), with a local weights file: a plain state dict (``.pt``, ``.bin``, ``.safetensors``) or a training
+checkpoint ``{"state_dict": {"module.…"}}``. Keys are mapped one-to-one and every shape is checked.
+GELU vs QuickGELU comes from the config (``"quick_gelu": true``, names ending in ``-quickgelu``, or the
+``openai`` pretrained tag), never from the weights.
+
+    python -m clip.openclip import --model ViT-B-32 --weights open_clip_pytorch_model.bin --out runs/vit-b-32
+    python -m clip.openclip export --checkpoint runs/vit-b-32 --out exported.safetensors
+
+Reading open_clip's package costs seconds of imports (it pulls in transformers); the tokenizer, the
+templates and the model configs are read straight from its files instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from clip.model import CLIP, OPENAI_MEAN, OPENAI_STD, CLIPConfig, TextConfig, VisionConfig
+from multimodal.checkpoint import CheckpointError, load_model, load_state_file, save_export
+from multimodal.tokenizers import ByteTokenizer, ClipTokenizer
+
+# open_clip config fields we read (everything else must be absent or at its default).
+_VISION_DEFAULTS = {
+    "ls_init_value": None,
+    "patch_dropout": 0.0,
+    "attentional_pool": False,
+    "pos_embed_type": "learnable",
+    "output_tokens": False,
+    "act_kwargs": None,
+    "block_type": None,
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
+    "timm_model_name": None,
+}
+_TEXT_DEFAULTS = {
+    "hf_tokenizer_name": None,
+    "tokenizer_mode": None,
+    "tokenizer_kwargs": None,
+    "ls_init_value": None,
+    "embed_cls": False,
+    "pad_id": 0,
+    "proj_type": "linear",
+    "output_tokens": False,
+    "act_kwargs": None,
+    "block_type": None,
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
+    "hf_model_name": None,
+}
+# Keys that OpenAI's original state dicts carry besides weights.
+_IGNORED_KEYS = {"input_resolution", "context_length", "vocab_size", "attn_mask", "visual.attn_mask"}
+
+
+# -- open_clip's files without its package import ------------------------------------------------
+def _openclip_dir() -> Path:
+    spec = importlib.util.find_spec("open_clip")  # finds the package without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError("open_clip is not installed (pip install open_clip_torch)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _openclip_file_module(name: str):
+    """``open_clip.<name>`` if already imported, else that file loaded on its own (it has no relative imports)."""
+    full = f"open_clip.{name}"
+    if full in sys.modules:
+        return sys.modules[full]
+    key = f"_clip_openclip_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, _openclip_dir() / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[key] = module
+    return sys.modules[key]
+
+
+class _FileClipTokenizer(ClipTokenizer):
+    """``multimodal.tokenizers.ClipTokenizer`` (same ids) built from open_clip's tokenizer file."""
+
+    def __init__(self) -> None:
+        self._tok = _openclip_file_module("tokenizer").SimpleTokenizer()
+        self.vocab_size = len(self._tok.encoder)
+        self.sot_id = self._tok.all_special_ids[0]
+        self.eot_id = self._tok.all_special_ids[1]
+
+
+def get_clip_tokenizer(name: str):
+    if name == "clip":
+        return _FileClipTokenizer()
+    if name == "byte":
+        return ByteTokenizer()
+    raise ValueError(f"unknown CLIP tokenizer {name!r} (clip, byte)")
+
+
+def imagenet_templates() -> list[str]:
+    """OpenAI's 80 ImageNet prompt templates as ``str.format`` patterns (``"a photo of a {}."``)."""
+    meta = _openclip_file_module("zero_shot_metadata")
+    return [t("{}") for t in meta.OPENAI_IMAGENET_TEMPLATES]
+
+
+# -- configs ------------------------------------------------------------------------------------
+def known_model_names() -> list[str]:
+    return sorted(p.stem for p in (_openclip_dir() / "model_configs").glob("ViT-*.json"))
+
+
+def openclip_model_config(name_or_path: str | Path) -> dict:
+    """An open_clip model config dict from a name (``ViT-B-32``) or a json file."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.is_file():
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such config file")
+        try:
+            cfg = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        if "model_cfg" in cfg:  # the hub's open_clip_config.json
+            out = dict(cfg["model_cfg"])
+            if "preprocess_cfg" in cfg:
+                out["preprocess_cfg"] = cfg["preprocess_cfg"]
+            cfg = out
+        if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
+            raise CheckpointError(f"{path}: not an open_clip model config (needs vision_cfg and text_cfg)")
+        return cfg
+    name = str(name_or_path)
+    file = _openclip_dir() / "model_configs" / f"{name}.json"
+    if not file.is_file():
+        close = [n for n in known_model_names() if n.lower().startswith(name.lower().split("-quickgelu")[0][:5])]
+        raise CheckpointError(
+            f"unknown open_clip model {name!r} (ViT models: {', '.join(close or known_model_names())})"
+        )
+    return json.loads(file.read_text())
+
+
+def _check_defaults(part: dict, defaults: dict, where: str) -> None:
+    for k, default in defaults.items():
+        if k in part and part[k] != default and not (default is None and part[k] in ({}, None)):
+            raise CheckpointError(f"open_clip {where}.{k}={part[k]!r} is not supported by this CLIP (ViT towers only)")
+
+
+def config_from_openclip(cfg: dict, quick_gelu: bool | None = None, preprocess: dict | None = None) -> CLIPConfig:
+    """``CLIPConfig`` from an open_clip model config dict.
+
+    ``quick_gelu`` overrides the config's flag only when the weights' source says so (the ``openai`` tag).
+    """
+    if cfg.get("custom_text") and cfg["text_cfg"].get("hf_model_name"):
+        raise CheckpointError("open_clip configs with a Hugging Face text tower are not supported")
+    if cfg.get("init_logit_bias") is not None:
+        raise CheckpointError("open_clip configs with a logit bias (SigLIP) are not supported")
+    v, t = dict(cfg["vision_cfg"]), dict(cfg["text_cfg"])
+    _check_defaults(v, _VISION_DEFAULTS, "vision_cfg")
+    _check_defaults(t, _TEXT_DEFAULTS, "text_cfg")
+    if isinstance(v.get("layers", 12), (list, tuple)):
+        raise CheckpointError("ResNet image towers are not supported (ViT only)")
+    image_size = v.get("image_size", 224)
+    patch = v.get("patch_size", 16)
+    if isinstance(image_size, (list, tuple)):
+        if len(set(image_size)) != 1:
+            raise CheckpointError(f"non-square image_size {image_size} is not supported")
+        image_size = image_size[0]
+    if isinstance(patch, (list, tuple)):
+        patch = patch[0]
+    eps = {(v.get("norm_kwargs") or {}).get("eps", 1e-5), (t.get("norm_kwargs") or {}).get("eps", 1e-5)}
+    if len(eps) != 1:
+        raise CheckpointError("different LayerNorm eps in the two towers is not supported")
+    preprocess = preprocess or cfg.get("preprocess_cfg") or {}
+    width = v.get("width", 768)
+    vision = VisionConfig(
+        image_size=image_size,
+        patch_size=patch,
+        width=width,
+        layers=v.get("layers", 12),
+        heads=width // v.get("head_width", 64),
+        mlp_ratio=v.get("mlp_ratio", 4.0),
+        pool_type=v.get("pool_type", "tok"),
+        final_ln_after_pool=v.get("final_ln_after_pool", False),
+        no_ln_pre=v.get("no_ln_pre", False),
+        image_mean=tuple(preprocess.get("mean", OPENAI_MEAN)),
+        image_std=tuple(preprocess.get("std", OPENAI_STD)),
+        interpolation=preprocess.get("interpolation", "bicubic"),
+    )
+    if t.get("final_ln_after_pool"):
+        pass  # LayerNorm is per token: pooling before or after it is the same
+    text = TextConfig(
+        context_length=t.get("context_length", 77),
+        vocab_size=t.get("vocab_size", 49408),
+        width=t.get("width", 512),
+        heads=t.get("heads", 8),
+        layers=t.get("layers", 12),
+        mlp_ratio=t.get("mlp_ratio", 4.0),
+        pool_type=t.get("pool_type", "argmax"),
+        eos_id=t.get("eos_id", 49407) if t.get("pool_type") == "eos" else 49407,
+        causal=not t.get("no_causal_mask", False),
+        proj_bias=t.get("proj_bias", False),
+        tokenizer="clip",
+    )
+    if text.vocab_size != 49408:
+        raise CheckpointError(f"text vocab_size {text.vocab_size}: only CLIP's BPE tokenizer (49408) is supported")
+    return CLIPConfig(
+        embed_dim=cfg.get("embed_dim", 512),
+        vision=vision,
+        text=text,
+        quick_gelu=bool(cfg.get("quick_gelu", False)) if quick_gelu is None else quick_gelu,
+        norm_eps=eps.pop(),
+    )
+
+
+def config_to_openclip(config: CLIPConfig) -> dict:
+    """The open_clip model config dict of ``config`` (for ``open_clip.create_model(..., **cfg)`` or a json)."""
+    v, t = config.vision, config.text
+    if config.text.tokenizer != "clip":
+        raise CheckpointError(f"open_clip models use CLIP's BPE tokenizer; this one uses {t.tokenizer!r}")
+    out: dict[str, Any] = {
+        "embed_dim": config.embed_dim,
+        "quick_gelu": config.quick_gelu,
+        "vision_cfg": {
+            "image_size": v.image_size,
+            "layers": v.layers,
+            "width": v.width,
+            "head_width": v.width // v.heads,
+            "mlp_ratio": v.mlp_ratio,
+            "patch_size": v.patch_size,
+            "pool_type": v.pool_type,
+            "final_ln_after_pool": v.final_ln_after_pool,
+            "no_ln_pre": v.no_ln_pre,
+        },
+        "text_cfg": {
+            "context_length": t.context_length,
+            "vocab_size": t.vocab_size,
+            "width": t.width,
+            "heads": t.heads,
+            "layers": t.layers,
+            "mlp_ratio": t.mlp_ratio,
+            "pool_type": t.pool_type,
+            "no_causal_mask": not t.causal,
+            "proj_bias": t.proj_bias,
+        },
+        "preprocess_cfg": {"mean": list(v.image_mean), "std": list(v.image_std), "interpolation": v.interpolation},
+    }
+    if t.pool_type == "eos":
+        out["text_cfg"]["eos_id"] = t.eos_id
+    if config.norm_eps != 1e-5:
+        out["vision_cfg"]["norm_kwargs"] = out["text_cfg"]["norm_kwargs"] = {"eps": config.norm_eps}
+    return out
+
+
+# -- state dicts --------------------------------------------------------------------------------
+_BLOCK_RENAMES = [
+    ("attn.in_proj_weight", "attn.qkv.weight"),
+    ("attn.in_proj_bias", "attn.qkv.bias"),
+    ("attn.out_proj.", "attn.proj."),
+    ("mlp.c_fc.", "mlp.fc."),
+    ("mlp.c_proj.", "mlp.proj."),
+]
+_BLOCK = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)$")
+
+
+def _ours(key: str) -> str | None:
+    """open_clip key → our key (None for keys we do not know)."""
+    if key.startswith("text."):
+        key = key[len("text.") :]  # CustomTextCLIP keeps the text tower under ``text.``
+    m = _BLOCK.match(key)
+    if m:
+        rest = m.group(3)
+        for a, b in _BLOCK_RENAMES:
+            if rest.startswith(a):
+                rest = b + rest[len(a) :]
+        return f"{'visual' if m.group(1) else 'text'}.transformer.blocks.{m.group(2)}.{rest}"
+    if key.startswith("visual."):
+        return key
+    simple = {
+        "token_embedding.weight": "text.token_embedding.weight",
+        "positional_embedding": "text.positional_embedding",
+        "ln_final.weight": "text.ln_final.weight",
+        "ln_final.bias": "text.ln_final.bias",
+        "text_projection": "text.text_projection",
+        "text_projection.weight": "text.text_projection",  # proj_bias configs use nn.Linear ([E, W])
+        "text_projection.bias": "text.text_projection_bias",
+        "logit_scale": "logit_scale",
+    }
+    return simple.get(key)
+
+
+def unwrap_state_dict(obj: Any, path: str | Path = "weights") -> dict[str, Tensor]:
+    """A flat state dict from a plain one or an open_clip training checkpoint (``state_dict``, ``module.``)."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
+    if obj and all(k.startswith("module.") for k in obj):  # saved from DDP
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def convert_openclip_state_dict(state: dict[str, Tensor], config: CLIPConfig, path: str | Path = "weights") -> dict:
+    """open_clip state dict → ours, every key accounted for and every shape checked."""
+    with torch.device("meta"):  # shapes only
+        reference = CLIP(config)
+    own = reference.state_dict()
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for k, v in state.items():
+        if k in _IGNORED_KEYS:
+            continue
+        ours = _ours(k)
+        if ours is None or ours not in own:
+            unknown.append(k)
+            continue
+        if k == "text_projection.weight":
+            v = v.t()
+        if tuple(v.shape) != tuple(own[ours].shape):
+            raise CheckpointError(
+                f"{path}: {k} has shape {tuple(v.shape)}, the config needs {tuple(own[ours].shape)} "
+                f"(wrong --model for these weights?)"
+            )
+        out[ours] = v
+    missing = [k for k in own if k not in out]
+    if unknown or missing:
+        raise CheckpointError(
+            f"{path}: weights do not match the config (unexpected {unknown[:3]}{'…' if len(unknown) > 3 else ''}, "
+            f"missing {missing[:3]}{'…' if len(missing) > 3 else ''}; wrong --model?)"
+        )
+    return out
+
+
+def to_openclip_state_dict(model: CLIP) -> dict[str, Tensor]:
+    """Our state dict → open_clip's key names and layouts (loads into ``open_clip.create_model``)."""
+    inverse = [(b, a) for a, b in _BLOCK_RENAMES]
+    out = {}
+    for k, v in model.state_dict().items():
+        m = re.match(r"^(visual|text)\.transformer\.blocks\.(\d+)\.(.+)$", k)
+        if m:
+            rest = m.group(3)
+            for a, b in inverse:
+                if rest.startswith(a):
+                    rest = b + rest[len(a) :]
+            key = f"{'visual.' if m.group(1) == 'visual' else ''}transformer.resblocks.{m.group(2)}.{rest}"
+        elif k.startswith("visual.") or k == "logit_scale":
+            key = k
+        elif k == "text.text_projection" and model.config.text.proj_bias:
+            key, v = "text_projection.weight", v.t()
+        elif k == "text.text_projection_bias":
+            key = "text_projection.bias"
+        else:
+            key = k[len("text.") :]
+        out[key] = v.detach().contiguous()
+    return out
+
+
+# -- loading ------------------------------------------------------------------------------------
+def build_from_state(config: CLIPConfig, state: dict[str, Tensor], dtype: torch.dtype = torch.float32) -> CLIP:
+    """Build ``CLIP(config)`` without a random init (meta device) and assign ``state`` (our key names)."""
+    with torch.device("meta"):
+        model = CLIP(config)
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    model.eval()
+    return model
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a directory; pass the weights file (open_clip_pytorch_model.bin, .safetensors)")
+    try:
+        state = load_state_file(path)
+    except CheckpointError as e:
+        if "pickled Python objects" in str(e):
+            raise CheckpointError(
+                f"{path}: not a plain state dict (OpenAI's TorchScript archives are not read; "
+                f"use open_clip's .bin/.safetensors weights)"
+            ) from None
+        raise
+    return unwrap_state_dict(state, path)
+
+
+def load_openclip(
+    model: str | Path | dict,
+    weights: str | Path,
+    quick_gelu: bool | None = None,
+    preprocess: dict | None = None,
+) -> CLIP:
+    """Our ``CLIP`` from an open_clip config (name, json path or dict) and a local weights file."""
+    cfg = model if isinstance(model, dict) else openclip_model_config(model)
+    config = config_from_openclip(cfg, quick_gelu, preprocess)
+    state = convert_openclip_state_dict(read_weights(weights), config, weights)
+    return build_from_state(config, state)
+
+
+def export_openclip(model: CLIP, path: str | Path) -> Path:
+    """Write open_clip weights (``.safetensors`` or a torch ``.bin``/``.pt``) and ``<stem>.json`` (its model config)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = to_openclip_state_dict(model)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    path.with_suffix(".json").write_text(json.dumps(config_to_openclip(model.config), indent=2) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m clip.openclip", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    imp = sub.add_parser("import", help="open_clip weights → our export directory")
+    imp.add_argument("--model", required=True, help="open_clip model name (ViT-B-32, ...) or config json")
+    imp.add_argument("--weights", required=True, help="local .bin/.pt/.safetensors (plain or training checkpoint)")
+    imp.add_argument("--out", required=True, help="export directory to write (config.json + model.safetensors)")
+    imp.add_argument("--quick-gelu", action="store_true", help="weights trained with QuickGELU (OpenAI's own)")
+    exp = sub.add_parser("export", help="our checkpoint → open_clip weights file + config json")
+    exp.add_argument("--checkpoint", required=True, help="our export directory or Lightning .ckpt")
+    exp.add_argument("--out", required=True, help="file to write (.safetensors, .bin or .pt)")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "import":
+            out = Path(args.out)
+            if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
+                raise CheckpointError(f"{out}: exists and is not a model export; refusing to write into it")
+            model = load_openclip(args.model, args.weights, quick_gelu=True if args.quick_gelu else None)
+            save_export(model, out, {"source": f"open_clip {args.model}"})
+            print(f"wrote {out} ({model.num_params() / 1e6:.1f}M parameters)")
+        else:
+            model = load_model(args.checkpoint, "clip")
+            print(f"wrote {export_openclip(model, args.out)}")
+    except (CheckpointError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""open_clip import/export: features of randomly initialised open_clip models saved to disk are
+reproduced within 1e-4 (full-width configs, fewer blocks to keep the suite fast)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from clip.openclip import (
+    config_from_openclip,
+    export_openclip,
+    load_openclip,
+    openclip_model_config,
+    to_openclip_state_dict,
+)
+from multimodal.checkpoint import CheckpointError, load_model, save_export
+from multimodal.tokenizers import ClipTokenizer
+from tests.clip_helpers import openclip_config, random_openclip, write_config
+
+open_clip = pytest.importorskip("open_clip")
+
+TEXTS = ["a photo of a cat", "a diagram of a red circle above a blue square", ""]
+
+
+def _features(model, image, ids, ours: bool):
+    with torch.no_grad():
+        if ours:
+            return model.encode_image(image), model.encode_text(ids)
+        return model.encode_image(image, normalize=True), model.encode_text(ids, normalize=True)
+
+
+@pytest.mark.parametrize(
+    "name,layers",
+    [("ViT-B-32", 2), ("ViT-B-32-quickgelu", 2), ("ViT-B-16", 1), ("ViT-L-14", 1)],
+)
+def test_parity_with_open_clip(tmp_path, name, layers):
+    cfg = openclip_config(name, layers)
+    ref = random_openclip(cfg)
+    weights = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(ref.state_dict(), weights)
+    ours = load_openclip(write_config(cfg, tmp_path / f"{name}.json"), weights)
+    assert ours.config.quick_gelu == name.endswith("-quickgelu")
+    size = cfg["vision_cfg"]["image_size"]
+    image = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    ids = open_clip.tokenize(TEXTS)
+    assert torch.equal(ours.tokenize(TEXTS), ids)  # same tokenizer ids
+    a_img, a_txt = _features(ref, image, ids, ours=False)
+    b_img, b_txt = _features(ours, image, ids, ours=True)
+    assert (a_img - b_img).abs().max() < 1e-4
+    assert (a_txt - b_txt).abs().max() < 1e-4
+    assert torch.allclose(ours.logit_scale.exp(), ref.logit_scale.exp())
+
+
+def test_named_full_config_and_training_checkpoint(tmp_path):
+    # By name, full ViT-B-32 geometry: the config comes from open_clip's shipped json.
+    cfg = openclip_model_config("ViT-B-32-quickgelu")
+    config = config_from_openclip(cfg)
+    assert (config.vision.width, config.vision.layers, config.vision.heads, config.vision.patch_size) == (
+        768,
+        12,
+        12,
+        32,
+    )
+    assert (config.text.width, config.text.heads, config.embed_dim, config.quick_gelu) == (512, 8, 512, True)
+    # open_clip's training checkpoints: {"epoch", "state_dict": {"module.…"}}; and .safetensors files
+    cfg = openclip_config("ViT-B-32", 1)
+    ref = random_openclip(cfg, seed=3)
+    ckpt = tmp_path / "epoch_1.pt"
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, ckpt)
+    st = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(st))
+    image = torch.randn(1, 3, 224, 224)
+    ids = open_clip.tokenize(["a dog"])
+    a_img, a_txt = _features(ref, image, ids, ours=False)
+    for path in (ckpt, st):
+        ours = load_openclip(cfg, path)
+        b_img, b_txt = _features(ours, image, ids, ours=True)
+        assert (a_img - b_img).abs().max() < 1e-4 and (a_txt - b_txt).abs().max() < 1e-4
+
+
+def test_activation_comes_from_config_and_mismatches_are_refused(tmp_path):
+    cfg = openclip_config("ViT-B-32-quickgelu", 1)
+    ref = random_openclip(cfg)
+    weights = tmp_path / "w.bin"
+    torch.save(ref.state_dict(), weights)
+    plain = {**cfg, "quick_gelu": False}
+    wrong = load_openclip(plain, weights)  # loads (same shapes) but is a different model: never guessed
+    right = load_openclip(cfg, weights)
+    image = torch.randn(1, 3, 224, 224)
+    ids = open_clip.tokenize(["a cat"])
+    with torch.no_grad():
+        diff = max(
+            (right.encode_image(image) - wrong.encode_image(image)).abs().max(),
+            (right.encode_text(ids) - wrong.encode_text(ids)).abs().max(),
+        )
+    assert diff > 2e-4  # well above the 1e-4 parity tolerance: the wrong activation would be caught
+    # wrong geometry → one-line error naming the first mismatching key
+    with pytest.raises(CheckpointError, match="shape"):
+        load_openclip(openclip_config("ViT-B-16", 1), weights)
+    # missing keys
+    state = ref.state_dict()
+    state.pop("visual.proj")
+    torch.save(state, weights)
+    with pytest.raises(CheckpointError, match="missing"):
+        load_openclip(cfg, weights)
+    with pytest.raises(CheckpointError, match="unknown open_clip model"):
+        openclip_model_config("ViT-Q-99")
+    with pytest.raises(CheckpointError, match="not supported"):
+        config_from_openclip(openclip_model_config("ViT-B-16-SigLIP"))
+
+
+def test_export_back_to_open_clip_and_our_format(tmp_path):
+    cfg = openclip_config("ViT-B-32", 1)
+    ref = random_openclip(cfg, seed=5)
+    weights = tmp_path / "w.bin"
+    torch.save(ref.state_dict(), weights)
+    ours = load_openclip(cfg, weights)
+    # our export format round trip (nested vision/text configs rebuilt from config.json)
+    again = load_model(save_export(ours, tmp_path / "export"), "clip")
+    assert again.config == ours.config
+    # back to open_clip: strict load, same features
+    out = export_openclip(again, tmp_path / "exported.safetensors")
+    import json
+
+    from safetensors.torch import load_file
+
+    back_cfg = json.loads(out.with_suffix(".json").read_text())
+    back_cfg.pop("preprocess_cfg")
+    back = open_clip.CLIP(**back_cfg).eval()
+    back.load_state_dict(load_file(str(out)), strict=True)
+    image = torch.randn(1, 3, 224, 224)
+    ids = ClipTokenizer().batch(["exported"], 77)
+    a = _features(ref, image, ids, ours=False)
+    b = _features(back, image, ids, ours=False)
+    assert (a[0] - b[0]).abs().max() < 1e-5 and (a[1] - b[1]).abs().max() < 1e-5
+    assert set(to_openclip_state_dict(ours)) == set(ref.state_dict())
