@@ -64,10 +64,10 @@ PRESETS: dict[str, dict] = {
     "gpt3-small": _size(12, 768, 12, 2048),
     "gpt3-medium": _size(24, 1024, 16, 2048),
     "gpt3-large": _size(24, 1536, 16, 2048),
-    "gpt3-xl": _size(24, 2048, 24, 2048),
+    "gpt3-xl": _size(24, 2048, 16, 2048),  # the paper lists 24 heads of 128, which cannot make 2048
     "gpt3-2.7b": _size(32, 2560, 32, 2048),
     "gpt3-6.7b": _size(32, 4096, 32, 2048),
-    "gpt3-13b": _size(40, 5140, 40, 2048),
+    "gpt3-13b": _size(40, 5120, 40, 2048),  # the paper prints 5140, not divisible by 40 heads of 128
 }
 
 

@@ -1,0 +1,233 @@
+"""The GPT-3 paper's synthetic tasks (Brown et al. 2020, §3.9), generated on the fly.
+
+- arithmetic: 2- and 3-digit addition and subtraction (``48 + 76 => 124``, ``12 - 30 => -18``);
+- word unscrambling: cycled letters (``pleap => apple``), anagrams keeping the first and last letter
+  (``aplpe => apple``) and reversed words (``elppa => apple``);
+- "translation" of English adjective + noun phrases into one of two made-up languages with fixed
+  dictionaries: Florp keeps the English order, Zib puts the noun first (as ``sea otter => loutre de mer``
+  reorders). Which language a query wants is not visible in the query itself: the task description or
+  one example in the prompt tells it, which is what few-shot prompting is for.
+
+Every instance is either *train* or *held out* by a fixed hash of what it asks (``split``), so a model
+trained on ``training_documents`` never saw the held-out instances ``sample(..., split="test")`` draws.
+Records carry both scoring forms: ``{"prompt", "completion"}`` (greedy exact match) and
+``{"context", "choices", "answer"}`` (multiple choice), plus ``task``, ``group`` (examples in a prompt must
+share it: the translation's language) and ``description``.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Words for the unscrambling tasks: 5 to 8 letters so an anagram with fixed ends can differ from the word.
+WORDS = """apple beach bread chair cloud dance dream earth field flame fruit glass grape green heart horse
+house juice knife lemon light money mouse music night ocean paper party piano plant queen river robot salad
+sheep shirt smile snake stone storm sugar table tiger toast tooth train water whale world yellow zebra
+animal basket bottle bridge butter candle carpet castle cheese circle dinner doctor dragon flower forest
+garden guitar hammer island jacket kitten ladder letter market monkey orange pencil pepper pillow planet
+rabbit rocket school silver spider spring summer tomato turtle window winter almond balloon blanket brother
+chicken cabinet diamond dolphin feather giraffe kitchen lantern morning octopus pumpkin rainbow sandwich
+elephant mountain notebook umbrella""".split()
+
+ADJECTIVES = "red blue green small big old new happy sad fast slow hot cold soft loud dark".split()
+NOUNS = "cat dog bird fish tree house car boat book cup hat shoe moon star king girl".split()
+
+
+def _made_up_words(n: int, seed: int) -> list[str]:
+    """``n`` distinct pronounceable nonsense words (consonant-vowel syllables), fixed by ``seed``."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    while len(out) < n:
+        w = "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(rng.choice((2, 2, 3))))
+        if rng.random() < 0.5:
+            w += rng.choice("nrst")
+        if w not in out:
+            out.append(w)
+    return out
+
+
+@dataclass(frozen=True)
+class Language:
+    name: str
+    words: dict[str, str]  # English word -> made-up word
+    noun_first: bool
+
+    def translate(self, adjective: str, noun: str) -> str:
+        a, n = self.words[adjective], self.words[noun]
+        return f"{n} {a}" if self.noun_first else f"{a} {n}"
+
+
+def _language(name: str, seed: int, noun_first: bool) -> Language:
+    english = ADJECTIVES + NOUNS
+    return Language(name, dict(zip(english, _made_up_words(len(english), seed))), noun_first)
+
+
+LANGUAGES = {"florp": _language("Florp", 1, False), "zib": _language("Zib", 2, True)}
+
+HELD_OUT_FRACTION = 0.15
+
+
+def held_out(key: str, fraction: float = HELD_OUT_FRACTION) -> bool:
+    """Is the instance named ``key`` held out of training? A fixed hash (same in every process)."""
+    return zlib.crc32(key.encode()) % 10_000 < fraction * 10_000
+
+
+# -- instance generators: rng, group -> (key, input, output, distractors, group, description) --------------
+Instance = tuple[str, str, str, list[str], str, str]
+
+
+def _arithmetic(digits: int, op: str) -> Callable[[random.Random, str | None], Instance]:
+    word = "Add" if op == "+" else "Subtract"
+
+    def make(rng: random.Random, group: str | None) -> Instance:
+        a, b = rng.randrange(10**digits), rng.randrange(10**digits)
+        ans = a + b if op == "+" else a - b
+        near = [ans + d for d in (1, -1, 2, -2, 10, -10, 100, -100)]
+        rng.shuffle(near)
+        desc = f"{word} the {digits}-digit numbers." if op == "+" else f"{word} the second number from the first."
+        return f"{digits}{op}{a},{b}", f"{a} {op} {b}", str(ans), [str(x) for x in near[:3]], "", desc
+
+    return make
+
+
+def _scramble(kind: str) -> Callable[[random.Random, str | None], Instance]:
+    descriptions = {
+        "cycle": "Unscramble the word: its letters were rotated.",
+        "anagram": "Unscramble the word: its middle letters were shuffled.",
+        "reverse": "Unscramble the word: it was written backwards.",
+    }
+
+    def make(rng: random.Random, group: str | None) -> Instance:
+        while True:
+            word = rng.choice(WORDS)
+            if kind == "reverse":
+                scrambled = word[::-1]
+            elif kind == "cycle":
+                k = rng.randrange(1, len(word))
+                scrambled = word[k:] + word[:k]
+            else:
+                mid = list(word[1:-1])
+                rng.shuffle(mid)
+                scrambled = word[0] + "".join(mid) + word[-1]
+            if scrambled != word:
+                break
+        others = rng.sample([w for w in WORDS if w != word and len(w) == len(word)], 2)
+        return f"{kind}:{scrambled}>{word}", scrambled, word, [scrambled, *others], "", descriptions[kind]
+
+    return make
+
+
+def _translate(rng: random.Random, group: str | None) -> Instance:
+    lang_id = group or rng.choice(sorted(LANGUAGES))
+    lang = LANGUAGES[lang_id]
+    other = LANGUAGES[next(k for k in sorted(LANGUAGES) if k != lang_id)]
+    adj, noun = rng.choice(ADJECTIVES), rng.choice(NOUNS)
+    wrong_noun = rng.choice([n for n in NOUNS if n != noun])
+    wrong_adj = rng.choice([a for a in ADJECTIVES if a != adj])
+    distractors = [other.translate(adj, noun), lang.translate(adj, wrong_noun), lang.translate(wrong_adj, noun)]
+    key = f"translate:{lang_id}:{adj} {noun}"
+    return key, f"{adj} {noun}", lang.translate(adj, noun), distractors, lang_id, f"Translate English to {lang.name}."
+
+
+TASKS: dict[str, Callable[[random.Random, str | None], Instance]] = {
+    "add2": _arithmetic(2, "+"),
+    "add3": _arithmetic(3, "+"),
+    "sub2": _arithmetic(2, "-"),
+    "sub3": _arithmetic(3, "-"),
+    "cycle": _scramble("cycle"),
+    "anagram": _scramble("anagram"),
+    "reverse": _scramble("reverse"),
+    "translate": _translate,
+}
+GROUPS = {"arithmetic": ["add2", "add3", "sub2", "sub3"], "words": ["cycle", "anagram", "reverse"]}
+
+
+def resolve(names: str) -> list[str]:
+    """``"add2,words"`` → task names; ``all`` is every task. Raises ``ValueError`` on an unknown name."""
+    out: list[str] = []
+    for name in (n.strip() for n in names.split(",")):
+        if not name:
+            continue
+        picked = list(TASKS) if name == "all" else GROUPS.get(name, [name])
+        for p in picked:
+            if p not in TASKS:
+                raise ValueError(f"unknown task {p!r}; built-in tasks: {', '.join([*TASKS, *GROUPS, 'all'])}")
+            if p not in out:
+                out.append(p)
+    if not out:
+        raise ValueError("no task given")
+    return out
+
+
+def sample(task: str, rng: random.Random, split: str = "test", group: str | None = None) -> dict:
+    """One instance of ``task`` from ``split`` (``train`` or ``test`` = held out), as a record."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, got {split!r}")
+    make = TASKS[task]
+    for _ in range(10_000):  # rejection: ~15 % of instances are held out
+        key, x, y, distractors, g, desc = make(rng, group)
+        if held_out(key) == (split == "test"):
+            break
+    else:  # pragma: no cover - every task has instances on both sides
+        raise RuntimeError(f"no {split} instance of {task}")
+    choices = [y, *dict.fromkeys(d for d in distractors if d != y)]
+    order = list(range(len(choices)))
+    rng.shuffle(order)
+    return {
+        "task": task,
+        "prompt": x,
+        "completion": y,
+        "context": x,
+        "choices": [choices[i] for i in order],
+        "answer": order.index(0),
+        "group": g,
+        "description": desc,
+    }
+
+
+def instances(task: str, n: int, seed: int = 0, split: str = "test") -> list[dict]:
+    """``n`` records of ``task`` (distinct ones where the task has that many)."""
+    rng = random.Random(f"{task}:{seed}:{split}")
+    out, seen = [], set()
+    for _ in range(n * 50):
+        r = sample(task, rng, split)
+        if (r["prompt"], r["group"]) in seen:
+            continue
+        seen.add((r["prompt"], r["group"]))
+        out.append(r)
+        if len(out) == n:
+            break
+    return out
+
+
+def training_documents(n: int, seed: int = 0, tasks: str = "all", max_examples: int = 8) -> list[str]:
+    """``n`` few-shot-style documents of train instances: one task (and language) per document, an
+    optional task description (half the documents), then 1..``max_examples`` lines ``input => output``.
+
+    The first line of a document is a zero-shot instance, the later ones are few-shot: whatever the model
+    learns about using earlier lines to answer later ones is in-context learning."""
+    rng = random.Random(seed)
+    names = resolve(tasks)
+    docs = []
+    for _ in range(n):
+        task = rng.choice(names)
+        first = sample(task, rng, "train")
+        records = [first] + [
+            sample(task, rng, "train", first["group"] or None) for _ in range(rng.randint(0, max_examples - 1))
+        ]
+        lines = [format_example(r["prompt"], r["completion"]) for r in records]
+        if rng.random() < 0.5:
+            lines.insert(0, first["description"])
+        docs.append("\n".join(lines))
+    return docs
+
+
+SEPARATOR = " =>"
+
+
+def format_example(x: str, y: str, sep: str = SEPARATOR) -> str:
+    """``sea otter`` + ``loutre de mer`` → ``sea otter => loutre de mer``."""
+    return f"{x}{sep} {y}"

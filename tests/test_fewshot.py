@@ -1,0 +1,103 @@
+"""Few-shot evaluation: prompt format, choice scoring, exact match, the CLI, and the built-in tasks."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from multimodal import tasks
+from multimodal.checkpoint import save_export
+from multimodal.fewshot import build_prompt, choice_logprobs, evaluate, load_tasks, main
+from tests.fewshot_helpers import always_predicts, tiny_gpt
+
+
+def test_prompt_format_description_examples_query():
+    p = build_prompt(
+        "sea otter", [("cheese", "fromage"), ("peppermint", "menthe poivrée")], "Translate English to French."
+    )
+    assert p == "Translate English to French.\ncheese => fromage\npeppermint => menthe poivrée\nsea otter =>"
+    assert build_prompt("12 + 3") == "12 + 3 =>"  # zero-shot, no description
+
+
+def test_choice_logprobs_match_manual_computation():
+    model = tiny_gpt()
+    tok = model.tokenizer
+    prompts = [[tok.eot_id, *tok.encode("ab =>")], [tok.eot_id, *tok.encode("a longer prompt =>")]]
+    choices = [tok.encode(" xyz"), tok.encode(" q")]
+    got = choice_logprobs(model, prompts, choices, batch_size=2)  # padded together in one batch
+    for p, c, lp in zip(prompts, choices, got):
+        ids = torch.tensor([p + c])
+        logp = model(ids[:, :-1]).log_softmax(-1)[0]  # one unpadded sequence at a time
+        manual = [logp[len(p) - 1 + i, t] for i, t in enumerate(c)]
+        assert torch.allclose(lp, torch.stack(manual), atol=1e-5)
+
+
+def test_multiple_choice_picks_the_answer_the_model_must_prefer():
+    model = always_predicts("a")
+    records = [
+        {"context": "q1", "choices": ["bbb", "aaa", "abab"], "answer": 1},
+        {"context": "q2", "choices": ["aa", "zz"], "answer": 0},
+        {"context": "q3", "choices": ["aa", "zz"], "answer": 1},  # labelled wrong: the model must miss it
+    ]
+    report = evaluate(model, {"t": (records, records)}, [0, 1], metric="choice", progress=False)
+    assert report["results"]["t"] == {0: pytest.approx(2 / 3), 1: pytest.approx(2 / 3)}
+
+
+def test_exact_match_uses_greedy_completion():
+    model = always_predicts("a")
+    records = [{"prompt": "x", "completion": "aa"}, {"prompt": "y", "completion": "ab"}]
+    report = evaluate(model, {"t": (records, records)}, [0], max_tokens=2, progress=False)
+    assert report["results"]["t"][0] == 0.5
+
+
+def test_builtin_tasks_held_out_from_training_documents():
+    lines = {line for doc in tasks.training_documents(3000, seed=0) for line in doc.split("\n")}
+    for name in ("add2", "reverse", "translate"):
+        test = tasks.instances(name, 30, split="test")
+        assert len(test) >= 15  # reverse has one instance per word: 15 % of ~125 words are held out
+        assert not {tasks.format_example(r["prompt"], r["completion"]) for r in test} & lines
+        for r in test:
+            assert r["choices"][r["answer"]] == r["completion"] and len(set(r["choices"])) == len(r["choices"])
+    r = tasks.sample("add3", random.Random(1))
+    a, op, b = r["prompt"].split()
+    assert int(r["completion"]) == int(a) + int(b) and op == "+" and len(a) <= 3
+    rev = tasks.sample("reverse", random.Random(2))
+    assert rev["prompt"] == rev["completion"][::-1]
+    # a translation query does not say which language: its examples must share the query's language
+    queries, pool = load_tasks("translate", 5)["translate"]
+    assert {r["group"] for r in pool} == set(tasks.LANGUAGES)
+
+
+def test_cli_json_on_jsonl_and_builtin(tmp_path, capsys):
+    ckpt = save_export(tiny_gpt(), tmp_path / "m")
+    f = tmp_path / "mc.jsonl"
+    f.write_text(
+        "\n".join(json.dumps({"context": f"q{i}", "choices": ["yes", "no"], "answer": i % 2}) for i in range(6))
+    )
+    args = ["--checkpoint", str(ckpt), "--tasks", f"{f},add2", "--n", "4", "--shots", "0,2", "--json", "--no-progress"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["accuracy"]) == {"mc", "add2"} and set(out["accuracy"]["mc"]) == {"0", "2"}
+    assert out["n"] == {"mc": 4, "add2": 4} and all(0 <= a <= 1 for a in out["accuracy"]["mc"].values())
+
+
+@pytest.mark.parametrize("case", ["missing_ckpt", "bad_shots", "unknown_task", "bad_jsonl", "bad_answer"])
+def test_cli_bad_input_one_line_exit_2(case, tmp_path, capsys):
+    ckpt = str(save_export(tiny_gpt(), tmp_path / "m"))
+    f = tmp_path / "t.jsonl"
+    f.write_text('{"context": "a", "choices": ["x", "y"], "answer": 0}\n')
+    args = {"--checkpoint": ckpt, "--tasks": str(f), "--shots": "0"}
+    if case == "missing_ckpt":
+        args["--checkpoint"] = str(tmp_path / "nope")
+    elif case == "bad_shots":
+        args["--shots"] = "0,x"
+    elif case == "unknown_task":
+        args["--tasks"] = "add7"
+    elif case == "bad_jsonl":
+        f.write_text('{"context": "a", "choices": ["x", "y"], "answer": 0}\n{oops\n')
+    else:
+        f.write_text('{"context": "a", "choices": ["x", "y"], "answer": 5}\n')
+    assert main([x for kv in args.items() for x in kv] + ["--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err

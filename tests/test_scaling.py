@@ -1,0 +1,57 @@
+"""python -m multimodal.scaling: two tiny sizes → CSV + log-log PNG; bad input is one line, exit 2."""
+
+import csv
+import json
+
+import pytest
+from PIL import Image
+
+from multimodal.scaling import fit_power_law, main
+
+
+def test_two_sizes_write_png_csv_json(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = [
+        "--sizes",
+        "16x1,48x2",
+        "--tokens",
+        "8000",
+        "--synthetic-docs",
+        "1500",
+        "--context",
+        "32",
+        "--val-batches",
+        "3",
+        "--out",
+        str(out),
+        "--json",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = list(csv.DictReader((out / "scaling.csv").open()))
+    assert [r["name"] for r in rows] == ["16x1", "48x2"]
+    assert int(rows[0]["params"]) < int(rows[1]["params"]) and rows[0]["tokens"] == rows[1]["tokens"]
+    assert all(0 < float(r["val_loss"]) < 6 for r in rows)  # below ln(257) = 5.55 plus a margin
+    with Image.open(out / "scaling.png") as img:
+        assert img.format == "PNG" and img.size == (800, 560)
+        assert len(img.convert("RGB").getcolors(1 << 16)) > 3  # something was drawn
+    assert summary["power_law"] is not None and summary["png"].endswith("scaling.png")
+    # a second run does not silently replace the first
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_power_law_fit_recovers_exponent():
+    params = [1e3, 1e4, 1e5]
+    a, alpha = fit_power_law(params, [5.0 * n**-0.076 for n in params])
+    assert a == pytest.approx(5.0) and alpha == pytest.approx(0.076)
+
+
+@pytest.mark.parametrize(
+    "extra", [["--sizes", "64y2"], ["--sizes", "30x1x4"], ["--tokens", "1"], ["--synthetic", "nope"]]
+)
+def test_bad_input_one_line_exit_2(extra, tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "o"), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
