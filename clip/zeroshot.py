@@ -31,7 +31,8 @@ DEFAULT_MODEL, DEFAULT_PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 # Refuse images over this many pixels (PIL warns at 89M and raises at 2x that); 64M px is a 8000² photo.
 MAX_IMAGE_PIXELS = 64_000_000
-SHAPES_DEMO = Path(__file__).parent / "demo" / "shapes"  # packaged demo export (config.json + model.safetensors)
+# packaged demo export (config.json + model.safetensors), written by `python -m multimodal.demo build`
+SHAPES_DEMO = Path(__file__).resolve().parents[1] / "multimodal" / "demo_models" / "clip"
 
 
 # -- prompts and label embeddings -----------------------------------------------------------------
@@ -184,8 +185,8 @@ def load_clip(checkpoint: str | None, model: str | None, pretrained: str | None)
     if model == "shapes" and checkpoint is None:
         if not (SHAPES_DEMO / "config.json").is_file():
             raise CheckpointError(
-                f"the shapes demo model is not packaged ({SHAPES_DEMO} missing); train it with "
-                f"`python -m multimodal.train fit --config configs/clip/shapes.yaml` and pass --checkpoint runs/clip-shapes"
+                f"the shapes demo model is not packaged ({SHAPES_DEMO} missing); build it with "
+                f"`python -m multimodal.demo build`, or train `configs/clip/shapes.yaml` and pass --checkpoint runs/clip-shapes"
             )
         checkpoint, model = str(SHAPES_DEMO), None
     if checkpoint is not None:

@@ -126,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m dalle.sample", description="Generate images from a caption with a DALL·E checkpoint."
     )
     p.add_argument("prompt", help="the caption")
-    p.add_argument("--checkpoint", help="DALL·E export directory or Lightning .ckpt (carries its dVAE)")
+    p.add_argument(
+        "--checkpoint",
+        help="DALL·E export directory or Lightning .ckpt (carries its dVAE); default: the packaged shapes-world "
+        "demo model, reranked by the demo CLIP",
+    )
     p.add_argument("--num", type=int, default=8, help="candidates drawn in one batch (default 8)")
     p.add_argument("--rerank", type=int, default=None, help="keep the K best candidates by CLIP score (needs --clip)")
     p.add_argument(
@@ -148,12 +152,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def use_demo_models(args: argparse.Namespace, root: Path | None = None) -> None:
+    """No ``--checkpoint``: the packaged shapes-world DALL·E, reranked by the packaged CLIP."""
+    from multimodal.demo import SHAPES_ONLY_NOTE, demo_path
+
+    dalle = demo_path("dalle", root)
+    if dalle is None:
+        raise UsageError(
+            "no --checkpoint given and no demo model is packaged; build it with `python -m multimodal.demo build` "
+            "or train `configs/dalle/shapes.yaml` and pass --checkpoint runs/dalle-shapes"
+        )
+    args.checkpoint = str(dalle)
+    clip = demo_path("clip", root)
+    if args.clip is None and clip is not None:
+        args.clip = str(clip)
+    print(SHAPES_ONLY_NOTE, file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> dict:
     if args.checkpoint is None:
-        raise UsageError(
-            "no --checkpoint given (no demo model is shipped yet); train one with "
-            "`python -m multimodal.train fit --config configs/dalle/shapes.yaml` and pass --checkpoint runs/dalle-shapes"
-        )
+        use_demo_models(args)
     if args.num < 1:
         raise UsageError(f"--num must be >= 1, got {args.num}")
     if args.rerank is not None and not 1 <= args.rerank <= args.num:

@@ -15,7 +15,11 @@ class ModelModule(L.LightningModule):
     """Base class: subclasses set ``self.model`` to a registered model (see ``checkpoint.register``)."""
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[LIGHTNING_KEY] = payload(self.model, {"prefix": "model."})
+        # The module's hyper-parameters move under our key: LightningCLI's `--ckpt_path` resume re-parses a
+        # checkpoint's `hyper_parameters` as CLI arguments, and ours (plain dicts, so that the file loads
+        # with weights_only=True) are not in that form.
+        hparams = checkpoint.pop("hyper_parameters", None)
+        checkpoint[LIGHTNING_KEY] = payload(self.model, {"prefix": "model.", "hparams": hparams})
 
     def export(self, directory: str | Path, extra: dict | None = None) -> Path:
         """Write the model as ``config.json`` + ``model.safetensors``."""

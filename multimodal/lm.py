@@ -9,6 +9,7 @@ import torch
 
 from multimodal.gpt import GPT, GPTConfig, preset
 from multimodal.lightning import ModelModule
+from multimodal.tokenizers import get_tokenizer
 
 
 def adamw_with_schedule(
@@ -46,6 +47,8 @@ class GPTModule(ModelModule):
     Args:
         config: the model's shape; ``preset`` (``gpt2``, ``gpt3-small`` …) overrides its size fields.
         init_from: a checkpoint of ours or a Hugging Face GPT-2 directory to start from.
+        tokenizer_dir: for ``config.tokenizer: gpt2``, the directory with ``vocab.json`` + ``merges.txt``;
+            they are exported beside the weights so every CLI can read text with the model.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class GPTModule(ModelModule):
         config: GPTConfig | None = None,
         preset_name: str | None = None,
         init_from: str | None = None,
+        tokenizer_dir: str | None = None,
         lr: float = 6e-4,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -73,11 +77,13 @@ class GPTModule(ModelModule):
             self.model = load_model(init_from, "gpt")
             self.model.train()
         else:
-            self.model = GPT(config)
+            tokenizer = get_tokenizer(config.tokenizer, tokenizer_dir) if tokenizer_dir is not None else None
+            self.model = GPT(config, tokenizer)
         self.save_hyperparameters(
             {
                 "config": asdict(self.model.config),
                 "init_from": init_from,
+                "tokenizer_dir": tokenizer_dir,
                 "lr": lr,
                 "weight_decay": weight_decay,
                 "betas": list(betas),

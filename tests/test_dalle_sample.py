@@ -93,7 +93,7 @@ def test_long_prompt_is_truncated_with_a_warning(ckpt, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ([], "no --checkpoint"),
+        ([], "no demo model is packaged"),
         (["--checkpoint", "NOPE"], "no such file"),
         (["--checkpoint", "CKPT", "--rerank", "2"], "needs --clip"),
         (["--checkpoint", "CKPT", "--num", "0"], "--num"),
@@ -106,7 +106,10 @@ def test_long_prompt_is_truncated_with_a_warning(ckpt, tmp_path, capsys):
         (["--checkpoint", "CKPT", "--out", "grid.jpg"], ".png"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(ckpt, tmp_path, capsys, extra, message):
+def test_bad_input_is_one_line_and_exit_2(ckpt, tmp_path, capsys, monkeypatch, extra, message):
+    import multimodal.demo
+
+    monkeypatch.setattr(multimodal.demo, "DEMO_DIR", tmp_path / "no-demo-models")
     from multimodal.checkpoint import save_export
     from multimodal.gpt import GPT, GPTConfig
 

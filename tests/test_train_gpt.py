@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +48,11 @@ def test_tiny_config_lowers_val_loss_and_exports(tmp_path):
     losses = _val_losses(tmp_path)
     # an untrained model sits at ln(257) = 5.55 nats per byte; training must fall far below and keep falling
     assert len(losses) >= 2 and losses[-1] < losses[0] and losses[-1] < 0.5 * 5.55
+    # a Lightning checkpoint loads with weights_only=True and training resumes from it
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    assert "hyper_parameters" not in torch.load(ckpt, weights_only=True)
+    r = _train(tmp_path, f"--ckpt_path={ckpt}", steps=70)
+    assert r.returncode == 0, r.stderr[-3000:]
     out = subprocess.run(
         [
             sys.executable,
