@@ -64,8 +64,7 @@ class ImageError(Exception):
 def open_rgb(path: str | Path) -> Image.Image:
     """Any image PIL reads (RGBA, palette, grayscale, 16-bit, CMYK, EXIF-rotated) as upright RGB."""
     path = Path(path)
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    try:
+    try:  # the size check below reads only the header; PIL's global limit is left alone for other code
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
