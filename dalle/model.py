@@ -120,17 +120,7 @@ class DALLEConfig:
         return kinds
 
     def backbone(self) -> TransformerConfig:
-        return TransformerConfig(
-            width=self.width,
-            layers=self.layers,
-            heads=self.heads,
-            mlp_ratio=self.mlp_ratio,
-            activation=self.activation,
-            norm_eps=self.norm_eps,
-            bias=self.bias,
-            dropout=self.dropout,
-            grad_checkpointing=self.grad_checkpointing,
-        )
+        return TransformerConfig.of(self)
 
 
 def attention_mask(kind: str, text_length: int, grid: int, conv_kernel: int = 11) -> Tensor:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from multimodal import tasks as builtin
 from multimodal.checkpoint import CheckpointError, load_model
+from multimodal.cli import fail
 from multimodal.sampling import SamplingSettings
 from multimodal.tasks import SEPARATOR, format_example
 
@@ -295,11 +296,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object with the accuracies")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
-
-
-def fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
 
 
 def parse_shots(text: str) -> list[int]:

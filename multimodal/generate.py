@@ -14,6 +14,7 @@ import warnings
 import torch
 
 from multimodal.checkpoint import CheckpointError, load_model
+from multimodal.cli import fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,11 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
     p.add_argument("--json", action="store_true", help="one JSON object per sample on stdout")
     return p
-
-
-def fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

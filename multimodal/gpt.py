@@ -38,17 +38,7 @@ class GPTConfig:
     tokenizer: str = "byte"  # byte | clip | gpt2 (files saved beside the weights)
 
     def backbone(self) -> TransformerConfig:
-        return TransformerConfig(
-            width=self.width,
-            layers=self.layers,
-            heads=self.heads,
-            mlp_ratio=self.mlp_ratio,
-            activation=self.activation,
-            norm_eps=self.norm_eps,
-            bias=self.bias,
-            dropout=self.dropout,
-            grad_checkpointing=self.grad_checkpointing,
-        )
+        return TransformerConfig.of(self)
 
 
 def _size(layers: int, width: int, heads: int, context: int) -> dict:

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from data.text import SYNTHETIC, TextDataModule
+from multimodal.cli import fail
 from multimodal.gpt import GPT, PRESETS, GPTConfig, preset
 from multimodal.lm import GPTModule
 
@@ -220,11 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--no-progress", action="store_true")
     return p
-
-
-def fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from multimodal.checkpoint import CheckpointError, load_model
+from multimodal.cli import fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,11 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object: tokens, logprobs, total, perplexity")
     p.add_argument("--tokens", action="store_true", help="also list every token's log-prob (text output)")
     return p
-
-
-def fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

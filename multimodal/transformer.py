@@ -11,6 +11,7 @@ are fixed; importers (open_clip, GPT-2) map their keys onto them and check every
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal, Union
@@ -47,6 +48,13 @@ class TransformerConfig:
     @property
     def mlp_width(self) -> int:
         return int(self.width * self.mlp_ratio)
+
+    @classmethod
+    def of(cls, config, **overrides) -> TransformerConfig:
+        """The backbone part of a head's config: its fields named like ours (width, layers, …)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        values = {n: getattr(config, n) for n in names if hasattr(config, n)}
+        return cls(**{**values, **overrides})
 
 
 class KVCache(nn.Module):

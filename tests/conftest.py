@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-# Tests must be reproducible and leave the other core to the data loader workers.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one OpenMP thread is faster than two fighting data-loader workers and other jobs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -12,16 +12,6 @@ from multimodal.checkpoint import load_model, save_export
 from multimodal.sampling import SamplingSettings
 from tests.dalle_helpers import tiny_config, tiny_dalle
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: two OpenMP threads on a busy 2-core machine are ~100x slower than one
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 PROMPTS = ["a red circle", "a blue square"]  # within the 16 text tokens
 
 

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from dalle.evaluate import main, shapes_prompts
 from tests.dalle_helpers import dalle_export, tiny_clip_export
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_prompts_come_from_the_right_split():

@@ -13,15 +13,6 @@ from multimodal.checkpoint import load_model, save_export
 from tests.vae_helpers import blocks_images, tiny_config, tiny_vae
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny convs: two OpenMP threads on a busy 2-core machine are many times slower than one
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("downsample", [4, 8, 16])
 def test_encode_decode_shapes(downsample):
     model = tiny_vae(downsample=downsample, image_size=32)

@@ -22,15 +22,6 @@ from tests.vae_helpers import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny convs: two OpenMP threads on a busy 2-core machine are many times slower than one
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     model = tiny_vae(seed=2)

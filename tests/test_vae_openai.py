@@ -12,15 +12,6 @@ from multimodal.checkpoint import CheckpointError, load_model
 dall_e = pytest.importorskip("dall_e")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny convs: two OpenMP threads on a busy 2-core machine are many times slower than one
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _peer(seed: int = 0):
     torch.manual_seed(seed)
     # the smallest sizes their validators allow: n_hid >= 64, vocab >= 512
