@@ -88,3 +88,26 @@ def test_package_halves_weights_and_loads(tiny_models, tmp_path):
 
     m = load_model(tmp_path / "clip", "clip")
     assert next(m.parameters()).dtype == torch.float32
+
+
+def test_packaged_models_work_with_no_flags(tmp_path, capsys):
+    """The shipped shapes-world models: `dalle.sample` with no model flags, `clip.zeroshot --model shapes`."""
+    if demo_path("dalle") is None or demo_path("clip") is None:
+        pytest.fail("the demo models are not packaged (python -m multimodal.demo build)")
+    from PIL import Image
+
+    from clip.zeroshot import main as zeroshot
+    from dalle.sample import main as sample
+    from data.shapes import render
+
+    out = tmp_path / "grid.png"
+    assert sample(["a red circle in the top left", "--num", "4", "--out", str(out), "--no-progress", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "only the synthetic shapes world" in captured.err
+    result = json.loads(captured.out)
+    assert Image.open(out).size[0] > 0 and all(r["clip_score"] is not None for r in result["images"])
+    image = tmp_path / "blue_square.png"
+    render([{"shape": "square", "color": "blue", "size": "large", "position": "center", "row": 1, "col": 1}], 64).save(image)
+    assert zeroshot(["--model", "shapes", "--labels", "red circle,blue square", "--json", str(image)]) == 0
+    probs = json.loads(capsys.readouterr().out)["probs"]
+    assert probs["blue square"] > probs["red circle"]
