@@ -107,7 +107,9 @@ def test_packaged_models_work_with_no_flags(tmp_path, capsys):
     result = json.loads(captured.out)
     assert Image.open(out).size[0] > 0 and all(r["clip_score"] is not None for r in result["images"])
     image = tmp_path / "blue_square.png"
-    render([{"shape": "square", "color": "blue", "size": "large", "position": "center", "row": 1, "col": 1}], 64).save(image)
+    render([{"shape": "square", "color": "blue", "size": "large", "position": "center", "row": 1, "col": 1}], 64).save(
+        image
+    )
     assert zeroshot(["--model", "shapes", "--labels", "red circle,blue square", "--json", str(image)]) == 0
     probs = json.loads(capsys.readouterr().out)["probs"]
     assert probs["blue square"] > probs["red circle"]
