@@ -29,8 +29,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from multimodal import tasks as builtin
-from multimodal.checkpoint import CheckpointError, load_model
-from multimodal.cli import fail
+from multimodal.checkpoint import CheckpointError
+from multimodal.cli import fail, load_text_model
 from multimodal.sampling import SamplingSettings
 from multimodal.tasks import SEPARATOR, format_example
 
@@ -333,13 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     except TaskError as e:
         return fail(str(e))
     try:
-        model = load_model(args.checkpoint, "gpt").to(args.device)
+        model = load_text_model(args.checkpoint, args.device)
     except CheckpointError as e:
         return fail(str(e))
-    except (RuntimeError, ValueError) as e:
-        return fail(f"{args.checkpoint}: {str(e).splitlines()[0]}")
-    if model.tokenizer is None:
-        return fail(f"{args.checkpoint}: the checkpoint has no tokenizer files (vocab.json + merges.txt)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.inference_mode():

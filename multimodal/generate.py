@@ -13,8 +13,8 @@ import warnings
 
 import torch
 
-from multimodal.checkpoint import CheckpointError, load_model
-from multimodal.cli import fail
+from multimodal.checkpoint import CheckpointError
+from multimodal.cli import fail, load_text_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,13 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.top_k is not None and args.top_k < 0:
         return fail("--top-k must be >= 0")
     try:
-        model = load_model(args.checkpoint, "gpt").to(args.device)
+        model = load_text_model(args.checkpoint, args.device)
     except CheckpointError as e:
         return fail(str(e))
-    except (RuntimeError, ValueError) as e:
-        return fail(f"{args.checkpoint}: {str(e).splitlines()[0]}")
-    if model.tokenizer is None:
-        return fail(f"{args.checkpoint}: the checkpoint has no tokenizer files (vocab.json + merges.txt)")
     for i in range(args.num):
         seed = None if args.seed is None else args.seed + i
         with warnings.catch_warnings(record=True) as caught:

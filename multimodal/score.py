@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from multimodal.checkpoint import CheckpointError, load_model
-from multimodal.cli import fail
+from multimodal.checkpoint import CheckpointError
+from multimodal.cli import fail, load_text_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,13 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     if not text:
         return fail("empty text: nothing to score")
     try:
-        model = load_model(args.checkpoint, "gpt").to(args.device)
+        model = load_text_model(args.checkpoint, args.device)
     except CheckpointError as e:
         return fail(str(e))
-    except (RuntimeError, ValueError) as e:
-        return fail(f"{args.checkpoint}: {str(e).splitlines()[0]}")
-    if model.tokenizer is None:
-        return fail(f"{args.checkpoint}: the checkpoint has no tokenizer files (vocab.json + merges.txt)")
     with torch.inference_mode():
         s = model.score(text)
     n = len(s["logprobs"])
