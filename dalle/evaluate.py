@@ -9,6 +9,12 @@ caption (one batch), and reports
 - ``all``: the fraction of *all* candidates whose every requested attribute the judge finds right
   (a random sample's accuracy), and per attribute;
 - ``rerank``: the same for the one candidate per caption CLIP scores highest (``--candidates`` → 1).
+
+``--vae DIR`` (instead of ``--checkpoint``) scores the dVAE alone: it encodes and decodes the split's own
+images and reports PSNR, code usage and the judge's accuracy on the reconstructions, the ceiling of any
+DALL·E that draws through that tokenizer (a shape the dVAE cannot redraw, DALL·E cannot draw either).
+
+    python -m dalle.evaluate --vae runs/vae-shapes --judge runs/judge
 """
 
 from __future__ import annotations
@@ -88,14 +94,64 @@ def evaluate_split(
     return out
 
 
+@torch.no_grad()
+def evaluate_reconstructions(
+    vae, judge, split: str, count: int, objects: str = "1", batch_size: int = 128, progress: bool = True
+) -> dict:
+    """The dVAE's round trip of the first ``count`` images of a shapes split, scored by the judge."""
+    from tqdm import tqdm
+
+    from dalle.vae import code_usage, psnr
+    from data import shapes
+
+    size = vae.config.image_size
+    counts = torch.zeros(vae.config.codebook_size, dtype=torch.long)
+    rows, psnrs, real_all = [], [], 0
+    bar = tqdm(total=count, desc=f"{split} images", unit="img", disable=not progress, file=sys.stderr)
+    for start in range(0, count, batch_size):
+        samples = [shapes.make_sample(0, split, i, objects, size) for i in range(start, min(count, start + batch_size))]
+        images = torch.stack([_to_tensor(s["image"]) for s in samples])
+        captions = [s["caption"] for s in samples]
+        ids = vae.encode(images)
+        recon = vae.decode(ids)
+        counts += torch.bincount(ids.flatten(), minlength=vae.config.codebook_size)
+        psnrs.append(psnr(recon, images))
+        rows.extend(judge.score(recon, captions)["per_image"])
+        real_all += sum(r["all"] for r in judge.score(images, captions)["per_image"])
+        bar.update(len(samples))
+    bar.close()
+    perplexity, used = code_usage(counts)
+    attrs = sorted({a for r in rows for a in r["correct"]})
+    acc = {
+        a: sum(r["correct"][a] for r in rows if a in r["correct"]) / sum(a in r["correct"] for r in rows) for a in attrs
+    }
+    acc["all"] = sum(r["all"] for r in rows) / len(rows)
+    return {
+        "images": len(rows),
+        "psnr": round(float(torch.cat(psnrs).mean()), 2),
+        "codebook_used": round(used, 4),
+        "perplexity": round(perplexity, 1),
+        "accuracy": {k: round(v, 4) for k, v in acc.items()},
+        "originals_all": round(real_all / len(rows), 4),  # the judge on the real images: its own ceiling
+    }
+
+
+def _to_tensor(image) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dalle.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="DALL·E export directory or .ckpt")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="DALL·E export directory or .ckpt")
+    which.add_argument("--vae", help="score a dVAE's reconstructions instead (export directory or .ckpt)")
     p.add_argument("--judge", required=True, help="the shapes judge (export directory, e.g. runs/judge)")
     p.add_argument("--clip", default=None, help="CLIP for reranking (export dir / .ckpt, or open_clip weights)")
     p.add_argument("--clip-model", default=None, help="open_clip config name when --clip is a weights file")
     p.add_argument("--splits", nargs="+", default=["val", "heldout"], choices=["val", "heldout", "train"])
-    p.add_argument("--prompts", type=int, default=64, help="captions per split (default 64)")
+    p.add_argument("--prompts", type=int, default=64, help="captions (with --vae: images) per split (default 64)")
     p.add_argument("--candidates", type=int, default=16, help="images per caption (default 16)")
     p.add_argument("--objects", default="1", help="objects per image of the prompts: 1, 2 or mixed")
     p.add_argument("--seed", type=int, default=0)
@@ -111,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--prompts and --candidates must be >= 1")
         from data.judge import Judge
 
+        if args.vae:
+            return _main_vae(args)
         settings = SamplingSettings(args.temperature, args.top_k, args.top_p, args.seed)
         model = load_model(args.checkpoint, "dalle").eval()
         if model.vae is None:
@@ -138,6 +196,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             line += f"; CLIP rerank {args.candidates}->1: {r['rerank']['accuracy']['all']:.1%} ({r['rerank_gain_points']:+.1f} points)"
         print(line)
         print("         " + ", ".join(f"{k} {v:.1%}" for k, v in r["random"]["accuracy"].items() if k != "all"))
+    return 0
+
+
+def _main_vae(args: argparse.Namespace) -> int:
+    from data.judge import Judge
+
+    vae = load_model(args.vae, "vae").eval()
+    judge = Judge.from_checkpoint(args.judge)
+    result = {"vae": args.vae, "splits": {}}
+    for split in args.splits:
+        result["splits"][split] = evaluate_reconstructions(vae, judge, split, args.prompts, args.objects)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for split, r in result["splits"].items():
+        print(
+            f"{split:8s} PSNR {r['psnr']:.2f} dB, {r['codebook_used']:.0%} of codes used; judge on reconstructions: "
+            f"all attributes right {r['accuracy']['all']:.1%} of {r['images']} (originals {r['originals_all']:.1%})"
+        )
+        print("         " + ", ".join(f"{k} {v:.1%}" for k, v in r["accuracy"].items() if k != "all"))
     return 0
 
 

@@ -37,3 +37,22 @@ def test_evaluate_reports_random_and_reranked_accuracy(tmp_path, capsys):
         assert 0 <= r["random"]["accuracy"]["all"] <= 1 and "color" in r["random"]["accuracy"]
     assert main(["--checkpoint", str(tmp_path / "nope"), "--judge", str(judge)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_vae_mode_scores_reconstructions_against_the_originals(tmp_path, capsys):
+    from data.judge import JudgeConfig, ShapesJudge
+    from multimodal.checkpoint import save_export
+    from tests.dalle_helpers import tiny_vae
+
+    torch.manual_seed(0)
+    judge = save_export(ShapesJudge(JudgeConfig(image_size=16, width=4)).eval(), tmp_path / "judge")
+    vae = save_export(tiny_vae(), tmp_path / "vae")
+    assert main(["--vae", str(vae), "--judge", str(judge), "--prompts", "5", "--splits", "val", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)["splits"]["val"]
+    assert r["images"] == 5 and 0 < r["codebook_used"] <= 1 and r["psnr"] > 0
+    assert set(r["accuracy"]) >= {"color", "shape", "all"} and 0 <= r["originals_all"] <= 1
+    assert main(["--vae", str(vae), "--judge", str(judge), "--prompts", "2", "--splits", "heldout"]) == 0
+    assert "PSNR" in capsys.readouterr().out
+    # a DALL·E export is not a dVAE: one line, exit 2
+    assert main(["--vae", str(dalle_export(tmp_path / "d")), "--judge", str(judge)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
