@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--guidance", type=float, default=None, help="default: the model's config `guidance`")
     p.add_argument("--batch-rows", type=int, default=128, help="sequences sampled per batch")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -174,12 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if model.vae is None:
             raise UsageError(f"{args.checkpoint}: carries no dVAE to decode images")
         judge = Judge.from_checkpoint(args.judge)
+        guidance = model.config.guidance if args.guidance is None else args.guidance
         clip = load_clip(args.clip, args.clip_model) if args.clip else None
-        result = {"checkpoint": args.checkpoint, "settings": vars(args) | {"json": None}, "splits": {}}
+        settings_used = vars(args) | {"json": None, "guidance": guidance}
+        result = {"checkpoint": args.checkpoint, "settings": settings_used, "splits": {}}
         for split in args.splits:
             t0 = time.time()
             prompts = shapes_prompts(split, args.prompts, 0, args.objects)
-            r = evaluate_split(model, judge, prompts, args.candidates, settings, args.guidance, clip, args.batch_rows)
+            r = evaluate_split(model, judge, prompts, args.candidates, settings, guidance, clip, args.batch_rows)
             r["seconds"] = round(time.time() - t0, 1)
             result["splits"][split] = r
     except (UsageError, CheckpointError, ValueError) as e:

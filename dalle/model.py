@@ -74,6 +74,9 @@ class DALLEConfig:
     # loss weights (paper: 1/8 text, 7/8 image)
     loss_text_weight: float = 1.0
     loss_image_weight: float = 7.0
+    # classifier-free guidance scale the sampling CLIs use when none is given (1 = off; > 1 needs a model
+    # trained with caption dropout); like a generation config, it travels with the export
+    guidance: float = 1.0
     # the frozen dVAE that turns images into codes and back (its VAEConfig as a dict); None = codes only
     vae: dict | None = field(default=None)
 
@@ -88,6 +91,8 @@ class DALLEConfig:
             or self.loss_text_weight + self.loss_image_weight <= 0
         ):
             raise ValueError("loss weights must be >= 0 and not both 0")
+        if self.guidance < 0:
+            raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         self.layer_kinds()  # validates `attention`
 
     @property
@@ -297,7 +302,7 @@ class DALLE(nn.Module):
         self,
         text: Tensor,
         settings: SamplingSettings | None = None,
-        guidance: float = 1.0,
+        guidance: float | None = None,
         image_prefix: Tensor | None = None,
         use_cache: bool = True,
         progress: Callable[[int], None] | None = None,
@@ -307,7 +312,7 @@ class DALLE(nn.Module):
 
         ``image_prefix [B, p]``: the first p codes (raster order) are given (image prompts) and the rest
         is sampled. ``guidance`` s ≠ 1 mixes ``uncond + s · (cond − uncond)`` logits, the unconditional
-        rows (empty caption) running in the same batch. ``use_cache=False`` recomputes the whole
+        rows (empty caption) running in the same batch; None takes the config's ``guidance``. ``use_cache=False`` recomputes the whole
         sequence at every step (slow; for checking the cache).
         """
         c = self.config
@@ -319,6 +324,7 @@ class DALLE(nn.Module):
         p = prefix.shape[1]
         if p >= N:
             return prefix[:, :N].view(B, c.image_grid, c.image_grid)
+        guidance = c.guidance if guidance is None else guidance
         guided = guidance != 1.0
         if guided:
             text = torch.cat([text, self.empty_text(B)])  # [2B, L]: cond rows, then uncond rows
@@ -366,7 +372,7 @@ class DALLE(nn.Module):
         self,
         prompts: Sequence[str],
         settings: SamplingSettings | None = None,
-        guidance: float = 1.0,
+        guidance: float | None = None,
         image_prefix: Tensor | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> tuple[Tensor, Tensor]:

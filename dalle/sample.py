@@ -97,7 +97,7 @@ def sample(
     prompt: str,
     num: int = 8,
     settings: SamplingSettings | None = None,
-    guidance: float = 1.0,
+    guidance: float | None = None,
     image_prefix: Tensor | None = None,
     progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
@@ -141,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely codes at each step")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (1 = off; default: the model's own, its config's `guidance`)",
+    )
     p.add_argument("--image-prompt", default=None, help="an image whose first --prompt-rows code rows are kept")
     p.add_argument("--prompt-rows", type=int, default=None, help="code rows kept from --image-prompt (default: half)")
     p.add_argument("--out", default=None, help="grid PNG to write (default dalle.png unless --out-dir is given)")
@@ -211,7 +216,8 @@ def run(args: argparse.Namespace) -> dict:
         print(f"warning: {w.message}", file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        images, _ = sample(model, args.prompt, args.num, settings, args.guidance, prefix, not args.no_progress)
+        guidance = model.config.guidance if args.guidance is None else args.guidance
+        images, _ = sample(model, args.prompt, args.num, settings, guidance, prefix, not args.no_progress)
 
     scores = clip_scores(clip, images, [args.prompt] * len(images)) if clip is not None else None
     order = list(range(len(images)))
@@ -223,7 +229,13 @@ def run(args: argparse.Namespace) -> dict:
 
     from dalle.vae import image_grid, save_png
 
-    result: dict = {"prompt": args.prompt, "checkpoint": str(args.checkpoint), "seed": args.seed, "images": []}
+    result: dict = {
+        "prompt": args.prompt,
+        "checkpoint": str(args.checkpoint),
+        "seed": args.seed,
+        "guidance": guidance,
+        "images": [],
+    }
     paths: list[str | None] = [None] * len(order)
     if args.out_dir:
         d = Path(args.out_dir)

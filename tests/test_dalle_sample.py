@@ -50,6 +50,25 @@ def test_out_dir_json_sampling_flags_and_guidance(ckpt, tmp_path, capsys):
     assert "grid" not in result  # --out-dir alone writes no grid
 
 
+def test_guidance_defaults_to_the_models_own(tmp_path, capsys, monkeypatch):
+    # a model exported with guidance 2 samples with it unless --guidance says otherwise
+    import dalle.sample as cli
+
+    used = []
+    real = cli.sample
+    monkeypatch.setattr(
+        cli, "sample", lambda m, p, n, s, guidance, *a: used.append(guidance) or real(m, p, n, s, guidance, *a)
+    )
+    guided = dalle_export(tmp_path / "guided", guidance=2.0)
+    base = ["a red circle", "--num", 2, "--json", "--no-progress", "--out", tmp_path / "g.png"]
+    for extra, want in (([], 2.0), (["--guidance", 1], 1.0), (["--guidance", 3.5], 3.5)):
+        rc, out, err = run(base + ["--checkpoint", guided] + extra, capsys)
+        assert rc == 0, err
+        assert json.loads(out)["guidance"] == want and used[-1] == want
+    rc, out, _ = run(base + ["--checkpoint", dalle_export(tmp_path / "plain")], capsys)
+    assert json.loads(out)["guidance"] == 1.0  # exports without the field: guidance off
+
+
 def test_clip_rerank_keeps_the_best_k(ckpt, tmp_path, capsys):
     clip = tiny_clip_export(tmp_path / "clip")
     argv = ["a red circle", "--checkpoint", ckpt, "--num", 6, "--rerank", 2, "--clip", clip]
