@@ -43,6 +43,17 @@ def shapes_prompts(split: str, count: int, seed: int = 0, objects: str = "1") ->
     return out
 
 
+def summarize(rows: list[dict]) -> dict:
+    """The judge's per-image rows -> ``{"images": n, "accuracy": {attribute: rate, "all": rate}}``."""
+    attrs = sorted({a for r in rows for a in r["correct"]})
+    acc = {
+        a: sum(r["correct"][a] for r in rows if a in r["correct"]) / max(1, sum(a in r["correct"] for r in rows))
+        for a in attrs
+    }
+    acc["all"] = sum(r["all"] for r in rows) / max(1, len(rows))
+    return {"images": len(rows), "accuracy": {k: round(v, 4) for k, v in acc.items()}}
+
+
 @torch.no_grad()
 def evaluate_split(
     model,
@@ -76,18 +87,9 @@ def evaluate_split(
         bar.update(len(chunk))
     bar.close()
 
-    def summary(rows: list[dict]) -> dict:
-        attrs = sorted({a for r in rows for a in r["correct"]})
-        acc = {
-            a: sum(r["correct"][a] for r in rows if a in r["correct"]) / max(1, sum(a in r["correct"] for r in rows))
-            for a in attrs
-        }
-        acc["all"] = sum(r["all"] for r in rows) / max(1, len(rows))
-        return {"images": len(rows), "accuracy": {k: round(v, 4) for k, v in acc.items()}}
-
-    out = {"prompts": len(prompts), "candidates": candidates, "random": summary(all_rows)}
+    out = {"prompts": len(prompts), "candidates": candidates, "random": summarize(all_rows)}
     if clip is not None:
-        out["rerank"] = summary(best_rows)
+        out["rerank"] = summarize(best_rows)
         out["rerank_gain_points"] = round(
             100 * (out["rerank"]["accuracy"]["all"] - out["random"]["accuracy"]["all"]), 2
         )
@@ -121,17 +123,11 @@ def evaluate_reconstructions(
         bar.update(len(samples))
     bar.close()
     perplexity, used = code_usage(counts)
-    attrs = sorted({a for r in rows for a in r["correct"]})
-    acc = {
-        a: sum(r["correct"][a] for r in rows if a in r["correct"]) / sum(a in r["correct"] for r in rows) for a in attrs
-    }
-    acc["all"] = sum(r["all"] for r in rows) / len(rows)
     return {
-        "images": len(rows),
+        **summarize(rows),
         "psnr": round(float(torch.cat(psnrs).mean()), 2),
         "codebook_used": round(used, 4),
         "perplexity": round(perplexity, 1),
-        "accuracy": {k: round(v, 4) for k, v in acc.items()},
         "originals_all": round(real_all / len(rows), 4),  # the judge on the real images: its own ceiling
     }
 
