@@ -56,3 +56,25 @@ def test_vae_mode_scores_reconstructions_against_the_originals(tmp_path, capsys)
     # a DALL·E export is not a dVAE: one line, exit 2
     assert main(["--vae", str(dalle_export(tmp_path / "d")), "--judge", str(judge)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_a_perfect_tokenizer_scores_what_the_judge_scores_on_the_originals():
+    from types import SimpleNamespace
+
+    from dalle.evaluate import evaluate_reconstructions
+    from data.judge import Judge, JudgeConfig, ShapesJudge
+
+    class Lossless:  # decodes exactly the images it last encoded
+        config = SimpleNamespace(image_size=16, codebook_size=4)
+
+        def encode(self, images):
+            self.images = images
+            return (images[:, 0] * 3).round().long()  # [B, H, W] ids in [0, 4)
+
+        def decode(self, ids):
+            return self.images
+
+    torch.manual_seed(0)
+    judge = Judge(ShapesJudge(JudgeConfig(image_size=16, width=4)).eval())
+    r = evaluate_reconstructions(Lossless(), judge, "val", 6, progress=False)
+    assert r["images"] == 6 and r["accuracy"]["all"] == r["originals_all"] and r["psnr"] >= 99
