@@ -36,6 +36,7 @@ from clip.zeroshot import (
     preprocess,
 )
 from multimodal.checkpoint import CheckpointError
+from multimodal.cli import fail
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
@@ -266,8 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--limit must be at least 1")
         result = evaluate(args)
     except (ValueError, CheckpointError, OSError, KeyError, IndexError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     if args.json:
         print(json.dumps(result))
     else:

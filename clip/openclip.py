@@ -29,6 +29,7 @@ from torch import Tensor
 
 from clip.model import CLIP, OPENAI_MEAN, OPENAI_STD, CLIPConfig, TextConfig, VisionConfig
 from multimodal.checkpoint import CheckpointError, load_model, load_state_file, save_export
+from multimodal.cli import fail
 from multimodal.tokenizers import ByteTokenizer, ClipTokenizer
 
 # open_clip config fields we read (everything else must be absent or at its default).
@@ -443,8 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             model = load_model(args.checkpoint, "clip")
             print(f"wrote {export_openclip(model, args.out)}")
     except (CheckpointError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     return 0
 
 

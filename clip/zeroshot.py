@@ -26,6 +26,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from multimodal.checkpoint import CheckpointError
+from multimodal.cli import fail
 
 DEFAULT_MODEL, DEFAULT_PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -297,8 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 
             templates = imagenet_templates()
     except (ValueError, CheckpointError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
 
     failures = 0
     with torch.inference_mode():

@@ -29,6 +29,7 @@ import torch
 
 from dalle.sample import UsageError, clip_scores, load_clip
 from multimodal.checkpoint import CheckpointError, load_model
+from multimodal.cli import fail
 from multimodal.sampling import SamplingSettings
 
 
@@ -181,8 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             r["seconds"] = round(time.time() - t0, 1)
             result["splits"][split] = r
     except (UsageError, CheckpointError, ValueError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+        return fail(e)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

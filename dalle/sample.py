@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from multimodal.checkpoint import CheckpointError, load_model
+from multimodal.cli import fail
 from multimodal.sampling import SamplingSettings
 
 
@@ -265,8 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run(args)
     except (UsageError, CheckpointError, ValueError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+        return fail(e)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

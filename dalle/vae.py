@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multimodal.checkpoint import CheckpointError, load_model, load_state_file, register, save_export
+from multimodal.cli import fail
 from multimodal.lightning import ModelModule
 
 LOSSES = ("logit_laplace", "l1", "mse")
@@ -995,8 +996,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UsageError, CheckpointError, ValueError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+        return fail(e)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

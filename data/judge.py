@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from data.shapes import COLORS, POSITIONS, SHAPES, SIZES, parse_caption, relation
 from multimodal.checkpoint import CheckpointError, load_model, register
+from multimodal.cli import fail
 from multimodal.lightning import ModelModule
 
 ATTRIBUTES = ("shape", "color", "size", "position")
@@ -362,8 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         judge = Judge.from_checkpoint(args.checkpoint, args.device)
     except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         images, prompts, names, skipped = read_folder(directory)

@@ -414,8 +414,9 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
         )
     except (ValueError, FileExistsError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        from multimodal.cli import fail  # here, so rendering shards does not import torch
+
+        return fail(e)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -7,8 +7,13 @@ import sys
 from multimodal.checkpoint import CheckpointError, load_model
 
 
-def fail(msg: str) -> int:
-    """Print one ``error:`` line on stderr; return the exit code for bad input (2)."""
+def fail(msg: str | BaseException) -> int:
+    """Print one ``error:`` line on stderr; return the exit code for bad input (2).
+
+    An exception gives the first line of its message (its type name when the message is empty)."""
+    if isinstance(msg, BaseException):
+        text = str(msg).strip()
+        msg = text.splitlines()[0] if text else type(msg).__name__
     print(f"error: {msg}", file=sys.stderr)
     return 2
 

@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from multimodal.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_model
+from multimodal.cli import fail
 from multimodal.sampling import SamplingSettings
 
 DEMO_DIR = Path(__file__).parent / "demo_models"
@@ -390,8 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out), Path(args.models) if args.models else None, args.prompts, args.candidates, args.seed
         )
     except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     if args.json:
         print(json.dumps(result))
     else:

@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         data.setup("fit")
     except (FileNotFoundError, ValueError) as e:
-        return fail(str(e).splitlines()[0])
+        return fail(e)
     if not isinstance(data.train_set, torch.utils.data.Dataset) or data.val_set is None:
         return fail("scaling needs in-memory text with a validation part (synthetic, or --train and --val files)")
     if hasattr(data.train_set, "__len__") and len(data.train_set) < args.batch_size:

@@ -45,3 +45,14 @@ def test_bad_input_is_one_line_exit_2(case, tiny_gpt, tmp_path, capsys):
     code = main(["hi", "--checkpoint", str(path), *args_extra])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error:") and "\n" not in err and "Traceback" not in err
+
+
+def test_fail_turns_any_exception_into_one_error_line(capsys):
+    from multimodal.cli import fail
+
+    assert fail(ValueError("first line\nsecond line")) == 2
+    assert capsys.readouterr().err == "error: first line\n"
+    assert fail(RuntimeError()) == 2
+    assert capsys.readouterr().err == "error: RuntimeError\n"
+    assert fail("--top-k must be >= 0") == 2
+    assert capsys.readouterr().err == "error: --top-k must be >= 0\n"
