@@ -106,6 +106,7 @@ def evaluate_reconstructions(
 
     from dalle.vae import code_usage, psnr
     from data import shapes
+    from multimodal.demo import pil_batch
 
     size = vae.config.image_size
     counts = torch.zeros(vae.config.codebook_size, dtype=torch.long)
@@ -113,7 +114,7 @@ def evaluate_reconstructions(
     bar = tqdm(total=count, desc=f"{split} images", unit="img", disable=not progress, file=sys.stderr)
     for start in range(0, count, batch_size):
         samples = [shapes.make_sample(0, split, i, objects, size) for i in range(start, min(count, start + batch_size))]
-        images = torch.stack([_to_tensor(s["image"]) for s in samples])
+        images = pil_batch([s["image"] for s in samples])  # [B, 3, H, W] in [0, 1]
         captions = [s["caption"] for s in samples]
         ids = vae.encode(images)
         recon = vae.decode(ids)
@@ -131,12 +132,6 @@ def evaluate_reconstructions(
         "perplexity": round(perplexity, 1),
         "originals_all": round(real_all / len(rows), 4),  # the judge on the real images: its own ceiling
     }
-
-
-def _to_tensor(image) -> torch.Tensor:
-    import numpy as np
-
-    return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255
 
 
 def main(argv: Sequence[str] | None = None) -> int:
