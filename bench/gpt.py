@@ -18,7 +18,7 @@ import time
 import torch
 
 from multimodal.gpt import GPT, preset
-from multimodal.hf import convert_hf_state
+from multimodal.gpt.hf import convert_hf_state
 from multimodal.sampling import SamplingSettings
 
 

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dalle.vae import convert_openai_state  # noqa: E402
+from dalle.vae.openai import convert_openai_state  # noqa: E402
 
 
 def timed(fn, x: torch.Tensor, device: torch.device) -> float:

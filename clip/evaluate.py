@@ -15,7 +15,6 @@ the first ``--limit`` samples.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from pathlib import Path
@@ -25,18 +24,11 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from clip.zeroshot import (
-    IMAGE_SUFFIXES,
-    ImageError,
-    format_prompt,
-    label_embeddings,
-    load_clip,
-    open_rgb,
-    parse_labels,
-    preprocess,
-)
+from clip.openclip import load_clip
+from clip.zeroshot import check_templates, parse_labels
 from multimodal.checkpoint import CheckpointError
-from multimodal.cli import fail
+from multimodal.cli import add_device_flag, fail, resolve_device, warn
+from multimodal.images import ImageError, is_image_path, open_image
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
@@ -80,7 +72,7 @@ def folder_samples(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
         raise ValueError(f"{root}: no class sub-folders (expected ROOT/<class>/<images>)")
     samples = []
     for i, c in enumerate(classes):
-        files = sorted(f for f in (root / c).rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(f for f in (root / c).rglob("*") if f.is_file() and is_image_path(f))
         samples.extend((f, i) for f in files)
     if not samples:
         raise ValueError(f"{root}: no images in the class folders")
@@ -116,10 +108,9 @@ def shard_samples(urls: list[str], limit: int | None):
             image = ImageError(f"{key}: no image member")
         else:
             try:
-                with Image.open(io.BytesIO(sample[ext])) as im:
-                    image = im.convert("RGB")
-            except (OSError, ValueError) as e:
-                image = ImageError(f"{key}: unreadable image ({str(e)[:100]})")
+                image = open_image(sample[ext], name=f"{key}.{ext}")
+            except ImageError as e:
+                image = e
         caption = sample["txt"].decode("utf-8", "replace").strip() if "txt" in sample else None
         try:
             meta = json.loads(sample["json"]) if "json" in sample else {}
@@ -130,30 +121,11 @@ def shard_samples(urls: list[str], limit: int | None):
 
 
 # -- evaluation ---------------------------------------------------------------------------------
-@torch.no_grad()
-def encode_images(model, images: list[Image.Image], batch_size: int, device: str) -> Tensor:
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = torch.stack([preprocess(im, model.config.vision) for im in images[i : i + batch_size]]).to(device)
-        out.append(model.encode_image(x).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, model.config.embed_dim)
-
-
-@torch.no_grad()
-def encode_texts(model, texts: list[str], batch_size: int, device: str) -> Tensor:
-    ids = model.tokenize(texts)
-    return torch.cat(
-        [model.encode_text(ids[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(ids), batch_size)]
-    )
-
-
 def evaluate(args: argparse.Namespace) -> dict:
-    model = load_clip(args.checkpoint, args.model, args.pretrained).to(args.device)
+    model = load_clip(args.checkpoint, args.model, args.pretrained).to(resolve_device(args.device)).eval()
     templates = args.template
-    if templates is None:
-        from clip.openclip import imagenet_templates
-
-        templates = ["{article} {}"] if args.labels == "shapes" else imagenet_templates()
+    if templates is None and args.labels == "shapes":
+        templates = ["{article} {}"]
     result: dict = {"errors": 0}
     sources = [Path(s) for s in args.data]
     if len(sources) == 1 and sources[0].is_dir() and not any(sources[0].glob("*.tar")):
@@ -161,13 +133,13 @@ def evaluate(args: argparse.Namespace) -> dict:
         images, targets = [], []
         for path, c in tqdm(samples, desc="images", unit="img", file=sys.stderr, disable=args.quiet):
             try:
-                images.append(open_rgb(path))
+                images.append(open_image(path))
                 targets.append(c)
             except ImageError as e:
-                print(f"error: {e}", file=sys.stderr)
+                warn(e)
                 result["errors"] += 1
-        feats = encode_images(model, images, args.batch_size, args.device)
-        classes = label_embeddings(model, labels, templates).float().cpu()
+        feats = model.embed_images(images, args.batch_size).cpu()
+        classes = model.embed_labels(labels, templates).cpu()
         result["zeroshot"] = classification_metrics(feats @ classes.t(), torch.tensor(targets), labels)
         return result
 
@@ -185,7 +157,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         shard_samples(urls, args.limit), desc="samples", unit="img", file=sys.stderr, disable=args.quiet
     ):
         if isinstance(image, ImageError):
-            print(f"error: {image}", file=sys.stderr)
+            warn(image)
             result["errors"] += 1
             continue
         target = None
@@ -205,12 +177,12 @@ def evaluate(args: argparse.Namespace) -> dict:
         targets.append(target)
     if not images:
         raise ValueError("no readable samples")
-    feats = encode_images(model, images, args.batch_size, args.device)
+    feats = model.embed_images(images, args.batch_size).cpu()
     if labels is not None:
         keep = [i for i, t in enumerate(targets) if t is not None]
         if not keep:
             raise ValueError("no sample has a class among --labels (.cls, json 'label', caption, or shapes json)")
-        classes = label_embeddings(model, labels, templates).float().cpu()
+        classes = model.embed_labels(labels, templates).cpu()
         result["zeroshot"] = classification_metrics(
             feats[keep] @ classes.t(), torch.tensor([targets[i] for i in keep]), labels
         )
@@ -219,7 +191,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         pairs = [i for i, c in enumerate(captions) if c]
         if not pairs:
             raise ValueError("--retrieval needs captions (.txt members)")
-        text = encode_texts(model, [captions[i] for i in pairs], args.batch_size, args.device)
+        text = model.embed_texts([captions[i] for i in pairs]).cpu()
         result["retrieval"] = retrieval_metrics(feats[pairs], text)
     if labels is None and not args.retrieval:
         raise ValueError("shards: pass --labels (zero-shot) and/or --retrieval")
@@ -253,16 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retrieval", action="store_true", help="image<->text recall@1/5/10 on shards with captions")
     p.add_argument("--limit", type=int, default=5000, help="at most this many shard samples (default 5000)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_flag(p)
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     try:
-        if args.template:
-            for t in args.template:
-                if "{}" not in t:
-                    raise ValueError(f"template {t!r} has no {{}} for the label")
-                format_prompt(t, "x")
+        check_templates(args.template)
         if args.limit is not None and args.limit < 1:
             raise ValueError("--limit must be at least 1")
         result = evaluate(args)
@@ -272,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         _print(result)
-    return 2 if result.get("errors") else 0
+    return 1 if result.get("errors") else 0
 
 
 if __name__ == "__main__":

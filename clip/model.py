@@ -12,6 +12,7 @@ nested ``vision``/``text`` dataclasses from ``config.json`` only when the annota
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
@@ -19,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from multimodal import images as img
 from multimodal.checkpoint import register
+from multimodal.images import OPENAI_MEAN, OPENAI_STD, ImageSource, Preprocess
+from multimodal.tokenizers import get_tokenizer
 from multimodal.transformer import Transformer, TransformerConfig
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class VisionConfig:
     image_mean: tuple = OPENAI_MEAN
     image_std: tuple = OPENAI_STD
     interpolation: str = "bicubic"
+    resize_mode: str = "shortest"  # open_clip's: shortest (resize + centre crop) | longest (+ pad) | squash
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -52,6 +54,11 @@ class VisionConfig:
     @property
     def grid(self) -> int:
         return self.image_size // self.patch_size
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The eval transform these weights expect (``multimodal.images``)."""
+        return Preprocess(self.image_size, self.image_mean, self.image_std, self.interpolation, self.resize_mode)
 
 
 @dataclass
@@ -238,9 +245,9 @@ class CLIP(nn.Module):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from clip.openclip import get_clip_tokenizer
-
-            self._tokenizer = get_clip_tokenizer(self.config.text.tokenizer)
+            if self.config.text.tokenizer not in ("clip", "byte"):
+                raise ValueError(f"unknown CLIP tokenizer {self.config.text.tokenizer!r} (clip, byte)")
+            self._tokenizer = get_tokenizer(self.config.text.tokenizer)
         return self._tokenizer
 
     def tokenize(self, texts: list[str]) -> Tensor:
@@ -268,3 +275,104 @@ class CLIP(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    # -- the public API: PIL images or paths in, no-gradient tensors out ------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    @torch.no_grad()
+    def embed_images(
+        self, images: "Sequence[ImageSource] | Tensor", batch_size: int = 32, preprocessed: bool = False
+    ) -> Tensor:
+        """Normalised image embeddings ``[N, E]`` (float32, on the model's device).
+
+        ``images``: paths, encoded bytes or PIL images (opened and preprocessed with the model's own transform,
+        ``config.vision.preprocess``), or a tensor ``[N, 3, H, W]`` of pixels in [0, 1] (generated images:
+        resized to the model's size, then normalised; ``preprocessed=True``: already the model's input, as
+        ``multimodal.images.preprocess`` makes it). Raises ``multimodal.images.ImageError`` for an
+        unreadable image."""
+        pre = self.config.vision.preprocess
+        if isinstance(images, Tensor):
+            prep = (lambda x: x) if preprocessed else (lambda x: img.resize_tensor(x, pre))
+            batches = [prep(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        else:
+            items = list(images)
+            batches = [
+                torch.stack([img.preprocess(x, pre) for x in items[i : i + batch_size]])
+                for i in range(0, len(items), batch_size)
+            ]
+        dtype = self.visual.conv1.weight.dtype
+        out = [self.encode_image(b.to(self.device, dtype)).float() for b in batches]
+        return torch.cat(out) if out else torch.empty(0, self.config.embed_dim, device=self.device)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
+        """Normalised text embeddings ``[N, E]`` (float32, on the model's device)."""
+        ids = self.tokenize(list(texts))
+        out = [
+            self.encode_text(ids[i : i + batch_size].to(self.device)).float() for i in range(0, len(ids), batch_size)
+        ]
+        return torch.cat(out) if out else torch.empty(0, self.config.embed_dim, device=self.device)
+
+    @torch.no_grad()
+    def embed_labels(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None) -> Tensor:
+        """Zero-shot classifier weights ``[K, E]``: each label put in every template (``{}`` = the label,
+        ``{article}`` = a / an), the normalised embeddings averaged per label and normalised again.
+        ``templates`` None: OpenAI's 80 ImageNet templates (as open_clip ships them)."""
+        templates = list(templates) if templates is not None else imagenet_templates()
+        feats = self.embed_texts([format_prompt(t, label) for label in labels for t in templates])
+        return F.normalize(feats.view(len(labels), len(templates), -1).mean(1), dim=-1)
+
+    @torch.no_grad()
+    def classify(
+        self,
+        images: "Sequence[ImageSource] | Tensor",
+        labels: Sequence[str],
+        templates: Optional[Sequence[str]] = None,
+        batch_size: int = 32,
+    ) -> Tensor:
+        """Zero-shot label probabilities ``[N, K]`` (CPU): one row per image, in label order, summing to 1."""
+        weights = self.embed_labels(check_labels(labels), templates)
+        return self.label_probs(self.embed_images(images, batch_size), weights)
+
+    @torch.no_grad()
+    def label_probs(self, image_embeddings: Tensor, label_embeddings: Tensor) -> Tensor:
+        """``softmax(scale · images · labelsᵀ)`` → ``[N, K]`` on the CPU; ``scale`` is the learned temperature
+        (100 for open_clip's and OpenAI's weights; capped at 100 as in training)."""
+        scale = float(self.logit_scale.exp().clamp(max=100.0))
+        return (scale * image_embeddings.float() @ label_embeddings.float().T).softmax(-1).cpu()
+
+    @torch.no_grad()
+    def similarity(self, images: "Sequence[ImageSource] | Tensor", texts: Sequence[str]) -> Tensor:
+        """Cosine similarity of image i with text i → ``[N]`` (CPU); texts repeated across images are encoded once."""
+        unique = list(dict.fromkeys(texts))
+        txt = self.embed_texts(unique)
+        index = torch.tensor([unique.index(t) for t in texts], device=txt.device)
+        return (self.embed_images(images) * txt[index]).sum(-1).cpu()
+
+
+def format_prompt(template: str, label: str) -> str:
+    """``template`` with ``{}`` → label and optional ``{article}`` → "a"/"an" for the label."""
+    return template.format(label, article="an" if label[:1].lower() in "aeiou" else "a")
+
+
+def check_labels(labels: Sequence[str]) -> list[str]:
+    """Labels as given, refusing an empty list, empty labels and duplicates (case-insensitive) with one line."""
+    labels = [str(x).strip() for x in labels]
+    if not labels or not all(labels):
+        raise ValueError("labels must be a non-empty list of non-empty strings")
+    seen: set[str] = set()
+    dups = [x for x in labels if x.lower() in seen or seen.add(x.lower())]
+    if dups:
+        raise ValueError(f"duplicate labels: {', '.join(dict.fromkeys(dups))}")
+    return labels
+
+
+def imagenet_templates() -> list[str]:
+    """OpenAI's 80 ImageNet prompt templates as ``str.format`` patterns (``"a photo of a {}."``), read from
+    open_clip's own file."""
+    from multimodal.tokenizers import openclip_file_module
+
+    meta = openclip_file_module("zero_shot_metadata")
+    return [t("{}") for t in meta.OPENAI_IMAGENET_TEMPLATES]

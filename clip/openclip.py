@@ -17,9 +17,10 @@ templates and the model configs are read straight from its files instead.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import os
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from clip.model import CLIP, OPENAI_MEAN, OPENAI_STD, CLIPConfig, TextConfig, VisionConfig
-from multimodal.checkpoint import CheckpointError, load_model, load_state_file, save_export
+from clip.model import CLIP, CLIPConfig, TextConfig, VisionConfig, imagenet_templates  # noqa: F401 - re-exported
+from multimodal.checkpoint import (
+    CheckpointError,
+    load_model,
+    load_state_file,
+    packaged_model_path,
+    resolve,
+    save_export,
+)
 from multimodal.cli import fail
-from multimodal.tokenizers import ByteTokenizer, ClipTokenizer
+from multimodal.images import OPENAI_MEAN, OPENAI_STD
+from multimodal.tokenizers import openclip_dir
 
 # open_clip config fields we read (everything else must be absent or at its default).
 _VISION_DEFAULTS = {
@@ -74,48 +83,10 @@ _IGNORED_KEYS = {"input_resolution", "context_length", "vocab_size", "attn_mask"
 
 # -- open_clip's files without its package import ------------------------------------------------
 def _openclip_dir() -> Path:
-    spec = importlib.util.find_spec("open_clip")  # finds the package without running its __init__
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError("open_clip is not installed (pip install open_clip_torch)")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _openclip_file_module(name: str):
-    """``open_clip.<name>`` if already imported, else that file loaded on its own (it has no relative imports)."""
-    full = f"open_clip.{name}"
-    if full in sys.modules:
-        return sys.modules[full]
-    key = f"_clip_openclip_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, _openclip_dir() / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[key] = module
-    return sys.modules[key]
-
-
-class _FileClipTokenizer(ClipTokenizer):
-    """``multimodal.tokenizers.ClipTokenizer`` (same ids) built from open_clip's tokenizer file."""
-
-    def __init__(self) -> None:
-        self._tok = _openclip_file_module("tokenizer").SimpleTokenizer()
-        self.vocab_size = len(self._tok.encoder)
-        self.sot_id = self._tok.all_special_ids[0]
-        self.eot_id = self._tok.all_special_ids[1]
-
-
-def get_clip_tokenizer(name: str):
-    if name == "clip":
-        return _FileClipTokenizer()
-    if name == "byte":
-        return ByteTokenizer()
-    raise ValueError(f"unknown CLIP tokenizer {name!r} (clip, byte)")
-
-
-def imagenet_templates() -> list[str]:
-    """OpenAI's 80 ImageNet prompt templates as ``str.format`` patterns (``"a photo of a {}."``)."""
-    meta = _openclip_file_module("zero_shot_metadata")
-    return [t("{}") for t in meta.OPENAI_IMAGENET_TEMPLATES]
+    try:
+        return openclip_dir()
+    except ImportError as e:
+        raise CheckpointError(str(e)) from None
 
 
 # -- configs ------------------------------------------------------------------------------------
@@ -197,6 +168,7 @@ def config_from_openclip(cfg: dict, quick_gelu: bool | None = None, preprocess: 
         image_mean=tuple(preprocess.get("mean", OPENAI_MEAN)),
         image_std=tuple(preprocess.get("std", OPENAI_STD)),
         interpolation=preprocess.get("interpolation", "bicubic"),
+        resize_mode=preprocess.get("resize_mode", "shortest"),
     )
     if t.get("final_ln_after_pool"):
         pass  # LayerNorm is per token: pooling before or after it is the same
@@ -254,7 +226,12 @@ def config_to_openclip(config: CLIPConfig) -> dict:
             "no_causal_mask": not t.causal,
             "proj_bias": t.proj_bias,
         },
-        "preprocess_cfg": {"mean": list(v.image_mean), "std": list(v.image_std), "interpolation": v.interpolation},
+        "preprocess_cfg": {
+            "mean": list(v.image_mean),
+            "std": list(v.image_std),
+            "interpolation": v.interpolation,
+            "resize_mode": v.resize_mode,
+        },
     }
     if t.pool_type == "eos":
         out["text_cfg"]["eos_id"] = t.eos_id
@@ -364,6 +341,92 @@ def to_openclip_state_dict(model: CLIP) -> dict[str, Tensor]:
             key = k[len("text.") :]
         out[key] = v.detach().contiguous()
     return out
+
+
+DEFAULT_MODEL, DEFAULT_PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"
+
+
+# -- loading any CLIP the CLIs take ----------------------------------------------------------------
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _pretrained_file(name: str, tag: str) -> tuple[str, dict]:
+    """The local weights file of open_clip's pretrained ``name``/``tag`` (downloaded once if online)."""
+    try:
+        from open_clip import pretrained as P  # noqa: N812
+    except ImportError:
+        raise CheckpointError("open_clip is not installed (pip install open_clip_torch)") from None
+    cfg = P.get_pretrained_cfg(name, tag)
+    if not cfg:
+        tags = P.list_pretrained_tags_by_model(name)
+        raise CheckpointError(
+            f"no pretrained {name!r} weights tagged {tag!r} (known tags: {', '.join(tags) or 'none'})"
+        )
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(hub)
+        for fn in [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]:
+            cached = try_to_load_from_cache(repo, fn)
+            if isinstance(cached, str):
+                return cached, cfg
+    if not _hub_reachable():
+        raise CheckpointError(
+            f"{name} {tag} weights are not cached and this machine is offline; use --checkpoint DIR (an export "
+            f"of this suite, e.g. --model shapes), or --model NAME --checkpoint open_clip_weights.bin"
+        )
+    try:
+        return P.download_pretrained(cfg), cfg
+    except Exception as e:  # noqa: BLE001 - network errors come in many types
+        raise CheckpointError(f"could not download {name} {tag}: {str(e).splitlines()[0][:200]}") from None
+
+
+def load_clip(checkpoint: str | Path | None = None, model: str | None = None, pretrained: str | None = None) -> CLIP:
+    """Our ``CLIP`` from the CLIs' model flags: ``checkpoint`` an export directory, a Lightning ``.ckpt``, the
+    packaged ``"clip"``, or (with ``model``, an open_clip config name) an open_clip weights file; neither:
+    open_clip's pretrained ``model`` / ``pretrained`` (downloaded once). ``model="shapes"``: the packaged demo."""
+    if model == "shapes" and checkpoint is None:
+        checkpoint, model = packaged_model_path("clip"), None
+    if checkpoint is not None:
+        path = Path(checkpoint) if model is not None else resolve(checkpoint)
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such file or directory")
+        if model is not None:  # an open_clip weights file for the named config
+            return load_openclip(model, path)
+        if path.is_file() and path.suffix in (".bin", ".pt", ".pth", ".safetensors"):
+            raise CheckpointError(f"{path}: open_clip weights need --model NAME (e.g. --model ViT-B-32)")
+        return _load_fast(path) if path.is_dir() else load_model(path, "clip")
+    name, tag = model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED
+    file, cfg = _pretrained_file(name, tag)
+    quick_gelu = True if (cfg.get("quick_gelu") or tag == "openai") else None
+    return load_openclip(name, file, quick_gelu=quick_gelu, preprocess=cfg)
+
+
+def _load_fast(path: Path):
+    """Our export directory without a random init (the weights are assigned onto a meta-device model)."""
+    from multimodal.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+    try:
+        meta = json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return load_model(path, "clip")  # lets checkpoint.py word the error
+    if meta.get("kind") != "clip" or not (path / WEIGHTS_FILE).is_file():
+        return load_model(path, "clip")
+    from multimodal.checkpoint import config_from_dict
+
+    try:
+        config = config_from_dict(CLIP, meta.get("config", {}))
+        return build_from_state(config, load_state_file(path / WEIGHTS_FILE))
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{path}: weights do not match its config ({str(e).splitlines()[0][:160]})") from None
 
 
 # -- loading ------------------------------------------------------------------------------------

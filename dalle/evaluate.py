@@ -27,9 +27,8 @@ from collections.abc import Sequence
 
 import torch
 
-from dalle.sample import UsageError, clip_scores, load_clip
 from multimodal.checkpoint import CheckpointError, load_model
-from multimodal.cli import fail
+from multimodal.cli import UsageError, add_device_flag, add_progress_flag, fail, resolve_device
 from multimodal.sampling import SamplingSettings
 
 
@@ -62,32 +61,20 @@ def evaluate_split(
     prompts: Sequence[str],
     candidates: int,
     settings: SamplingSettings,
-    guidance: float = 1.0,
+    guidance: float | None = None,
     clip=None,
     batch_rows: int = 128,
     progress: bool = True,
 ) -> dict:
-    from tqdm import tqdm
-
-    per = max(1, batch_rows // candidates)  # prompts per batch
-    generator = settings.generator(model.text_embedding.weight.device)
+    """Judge every candidate of every prompt (random sample) and CLIP's pick per prompt (rerank)."""
+    samples = model.generate_images(
+        prompts, candidates, settings, guidance, rerank=clip, batch_size=batch_rows, progress=progress
+    )
     all_rows, best_rows = [], []
-    bar = tqdm(total=len(prompts), desc="prompts", unit="prompt", disable=not progress, file=sys.stderr)
-    for start in range(0, len(prompts), per):
-        chunk = list(prompts[start : start + per])
-        rep = [p for p in chunk for _ in range(candidates)]
-        text = model.tokenize(rep, warn=False)
-        codes = model.generate_codes(text, settings, guidance, generator=generator)
-        images = model.vae.decode(codes).clamp(0, 1)
-        scored = judge.score(images, rep)["per_image"]
+    for s in samples:
+        scored = judge.score(s.all_images, [s.prompt] * candidates)["per_image"]
         all_rows.extend(scored)
-        if clip is not None:
-            s = clip_scores(clip, images, rep).view(len(chunk), candidates)
-            best = s.argmax(1) + torch.arange(len(chunk)) * candidates
-            best_rows.extend(scored[i] for i in best.tolist())
-        bar.update(len(chunk))
-    bar.close()
-
+        best_rows.append(scored[s.best])
     out = {"prompts": len(prompts), "candidates": candidates, "random": summarize(all_rows)}
     if clip is not None:
         out["rerank"] = summarize(best_rows)
@@ -106,7 +93,7 @@ def evaluate_reconstructions(
 
     from dalle.vae import code_usage, psnr
     from data import shapes
-    from multimodal.demo import pil_batch
+    from multimodal.images import pil_batch
 
     size = vae.config.image_size
     counts = torch.zeros(vae.config.codebook_size, dtype=torch.long)
@@ -152,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--guidance", type=float, default=None, help="default: the model's config `guidance`")
     p.add_argument("--batch-rows", type=int, default=128, help="sequences sampled per batch")
+    add_device_flag(p)
+    add_progress_flag(p)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -162,18 +151,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.vae:
             return _main_vae(args)
         settings = SamplingSettings(args.temperature, args.top_k, args.top_p, args.seed)
-        model = load_model(args.checkpoint, "dalle").eval()
+        device = resolve_device(args.device)
+        model = load_model(args.checkpoint, "dalle").to(device).eval()
         if model.vae is None:
             raise UsageError(f"{args.checkpoint}: carries no dVAE to decode images")
-        judge = Judge.from_checkpoint(args.judge)
+        judge = Judge.from_checkpoint(args.judge, device)
         guidance = model.config.guidance if args.guidance is None else args.guidance
-        clip = load_clip(args.clip, args.clip_model) if args.clip else None
-        settings_used = vars(args) | {"json": None, "guidance": guidance}
+        clip = None
+        if args.clip:
+            from clip.openclip import load_clip
+
+            clip = load_clip(args.clip, args.clip_model).to(device).eval()
+        settings_used = vars(args) | {"json": None, "guidance": guidance, "device": str(device)}
         result = {"checkpoint": args.checkpoint, "settings": settings_used, "splits": {}}
         for split in args.splits:
             t0 = time.time()
             prompts = shapes_prompts(split, args.prompts, 0, args.objects)
-            r = evaluate_split(model, judge, prompts, args.candidates, settings, guidance, clip, args.batch_rows)
+            r = evaluate_split(
+                model, judge, prompts, args.candidates, settings, guidance, clip, args.batch_rows, not args.no_progress
+            )
             r["seconds"] = round(time.time() - t0, 1)
             result["splits"][split] = r
     except (UsageError, CheckpointError, ValueError) as e:
@@ -195,11 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main_vae(args: argparse.Namespace) -> int:
     from data.judge import Judge
 
-    vae = load_model(args.vae, "vae").eval()
-    judge = Judge.from_checkpoint(args.judge)
+    device = resolve_device(args.device)
+    vae = load_model(args.vae, "vae").to(device).eval()
+    judge = Judge.from_checkpoint(args.judge, device)
     result = {"vae": args.vae, "splits": {}}
     for split in args.splits:
-        result["splits"][split] = evaluate_reconstructions(vae, judge, split, args.prompts, args.objects)
+        result["splits"][split] = evaluate_reconstructions(
+            vae, judge, split, args.prompts, args.objects, progress=not args.no_progress
+        )
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -42,11 +42,41 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multimodal.checkpoint import CheckpointError, register
+from multimodal.images import ImageSource, load_image
 from multimodal.sampling import SamplingSettings, decode
 from multimodal.tokenizers import get_tokenizer
 from multimodal.transformer import Transformer, TransformerConfig
 
 MASK_KINDS = ("causal", "row", "column", "conv")
+
+
+@dataclass
+class ImageSamples:
+    """What ``DALLE.generate_images`` gives for one prompt."""
+
+    prompt: str
+    images: Tensor  # [k, 3, H, W] in [0, 1]: the kept candidates, CLIP's best first when reranked
+    candidates: list[int]  # index among the drawn candidates of each kept image
+    scores: Tensor | None  # [k] CLIP cosine similarity of each kept image with the prompt (rerank only)
+    all_images: Tensor  # [num, 3, H, W] every candidate, in the order drawn
+    all_scores: Tensor | None  # [num]
+    codes: Tensor  # [num, h, w] every candidate's codes
+
+    @classmethod
+    def of(
+        cls, prompt: str, images: Tensor, codes: Tensor, scores: Tensor | None, part: slice, keep: int | None
+    ) -> ImageSamples:
+        own = scores[part] if scores is not None else None
+        order = list(range(len(images)))
+        if own is not None:
+            order = sorted(order, key=lambda i: -float(own[i]))
+        order = order[:keep] if keep is not None else order
+        return cls(prompt, images[order], order, own[order] if own is not None else None, images, own, codes)
+
+    @property
+    def best(self) -> int:
+        """Index of CLIP's pick among the drawn candidates (the first when not reranked)."""
+        return self.candidates[0]
 
 
 @dataclass
@@ -368,20 +398,91 @@ class DALLE(nn.Module):
         return torch.cat([prefix[:B], out], dim=1).view(B, c.image_grid, c.image_grid)
 
     @torch.no_grad()
+    def encode_image_prompt(self, images: Sequence[ImageSource] | Tensor, rows: int) -> Tensor:
+        """The first ``rows`` rows of the dVAE codes of each image → ``[n, rows · grid]``.
+
+        ``images``: paths, bytes or PIL images (read with ``multimodal.images``, shorter side resized to the
+        dVAE's size, centre crop), or pixels ``[n, 3, H, W]`` in [0, 1] at the dVAE's size."""
+        if self.vae is None:
+            raise CheckpointError("this DALL·E model carries no dVAE; image prompts need one")
+        grid = self.config.image_grid
+        if not 1 <= rows <= grid:
+            raise ValueError(f"prompt rows must be in [1, {grid}] (the code grid has {grid} rows), got {rows}")
+        size = self.vae.config.image_size
+        if not isinstance(images, Tensor):
+            images = torch.stack([x if isinstance(x, Tensor) else load_image(x, size) for x in images])
+        device = self.text_embedding.weight.device
+        return self.vae.encode(images.to(device))[:, :rows].flatten(1)
+
+    @torch.no_grad()
     def generate_images(
         self,
-        prompts: Sequence[str],
+        prompts: str | Sequence[str],
+        num: int = 1,
         settings: SamplingSettings | None = None,
         guidance: float | None = None,
-        image_prefix: Tensor | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Prompts → (images ``[B, 3, H, W]`` in [0, 1] decoded by the dVAE, codes ``[B, h, w]``)."""
+        image_prompt: ImageSource | Sequence[ImageSource] | Tensor | None = None,
+        prompt_rows: int | None = None,
+        rerank: nn.Module | None = None,
+        keep: int | None = None,
+        batch_size: int = 128,
+        progress: bool | Callable[[int], None] = False,
+    ) -> list[ImageSamples]:
+        """The one path from captions to images: ``num`` candidates per prompt, decoded by the dVAE, optionally
+        scored by a CLIP (``rerank``: anything with ``similarity(images, texts)``) and cut to the ``keep`` best.
+
+        ``image_prompt``: one image for every prompt, or one per prompt; its first ``prompt_rows`` code rows
+        (default half the grid) are kept and the rest sampled. ``guidance`` None: the config's. Rows are sampled
+        ``batch_size`` at a time (whole prompts per batch) from one generator seeded by ``settings.seed``, so
+        the same call gives the same images. Returns one ``ImageSamples`` per prompt, in order."""
         if self.vae is None:
             raise CheckpointError("this DALL·E model carries no dVAE; it can sample codes but not images")
-        text = self.tokenize(prompts)
-        codes = self.generate_codes(text, settings, guidance, image_prefix, progress=progress)
-        return self.vae.decode(codes).clamp(0, 1), codes
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if num < 1:
+            raise ValueError(f"num must be >= 1, got {num}")
+        if keep is not None and not 1 <= keep <= num:
+            raise ValueError(f"keep must be in [1, num={num}], got {keep}")
+        settings = settings or SamplingSettings()
+        device = self.text_embedding.weight.device
+        text = self.tokenize(prompts)  # [P, L], once per caption
+        prefix = None
+        if image_prompt is not None:
+            many = isinstance(image_prompt, Tensor) and image_prompt.dim() == 4
+            many = many or (isinstance(image_prompt, Sequence) and not isinstance(image_prompt, (str, bytes)))
+            sources = image_prompt if many else [image_prompt]
+            if len(sources) not in (1, len(prompts)):
+                raise ValueError(f"{len(sources)} image prompts for {len(prompts)} prompts")
+            rows = self.config.image_grid // 2 if prompt_rows is None else prompt_rows
+            prefix = self.encode_image_prompt(sources, rows)  # [1 or P, rows · grid]
+            prefix = prefix.expand(len(prompts), -1) if len(prefix) == 1 else prefix
+        generator = settings.generator(device)
+        per = max(1, batch_size // num)  # prompts per batch
+        bar = None
+        if progress is True:
+            from tqdm import tqdm
+
+            todo = self.config.image_length - (prefix.shape[1] if prefix is not None else 0)
+            bar = tqdm(total=todo * -(-len(prompts) // per), desc="image tokens", unit="tok", leave=False)
+            progress = lambda i: bar.update(1)  # noqa: E731
+        out: list[ImageSamples] = []
+        try:
+            for start in range(0, len(prompts), per):
+                idx = torch.arange(start, min(len(prompts), start + per)).repeat_interleave(num)
+                pre = prefix[idx] if prefix is not None else None
+                codes = self.generate_codes(
+                    text[idx], settings, guidance, pre, progress=progress or None, generator=generator
+                )
+                images = self.vae.decode(codes).clamp(0, 1).float().cpu()  # [p · num, 3, H, W]
+                scores = None
+                if rerank is not None:
+                    scores = rerank.similarity(images, [prompts[i] for i in idx.tolist()]).float().cpu()
+                for j, i in enumerate(range(start, min(len(prompts), start + per))):
+                    part = slice(j * num, (j + 1) * num)
+                    out.append(ImageSamples.of(prompts[i], images[part], codes[part].cpu(), scores, part, keep))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
 
     # -- initialisation from a GPT of the suite ---------------------------------------------------
     @torch.no_grad()

@@ -152,13 +152,11 @@ class DALLEModule(ModelModule):
         hp = self.hparams
         if not hp.val_captions or self.model.vae is None:
             return None
-        from dalle.vae import image_grid
+        from multimodal.images import image_grid
 
-        n = hp.samples_per_caption
-        prompts = [c for c in hp.val_captions for _ in range(n)]
         settings = SamplingSettings(temperature=hp.sample_temperature, top_k=hp.sample_top_k, seed=0)
-        images, _ = self.model.generate_images(prompts, settings)
-        return image_grid(list(images.split(n)))
+        samples = self.model.generate_images(list(hp.val_captions), hp.samples_per_caption, settings)
+        return image_grid([s.images for s in samples])
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or not self.hparams.log_samples or not self.trainer.is_global_zero:
@@ -173,13 +171,13 @@ class DALLEModule(ModelModule):
         elif experiment is not None and hasattr(experiment, "add_image"):  # TensorBoard
             experiment.add_image("val/samples", grid, step)
         else:
-            from dalle.vae import save_png
+            from multimodal.images import save_png
 
             root = Path(getattr(logger, "log_dir", None) or self.trainer.default_root_dir)
             save_png(grid, root / "samples" / f"step_{step:07d}.png")
 
     def configure_optimizers(self):
-        from multimodal.lm import adamw_with_schedule
+        from multimodal.gpt.lm import adamw_with_schedule
 
         hp = self.hparams
         trainable = torch.nn.ModuleDict({k: m for k, m in self.model.named_children() if k != "vae"})

@@ -39,8 +39,8 @@ def arithmetic_documents(n: int, seed: int = 0, max_digits: int = 2) -> list[str
 
 
 def task_documents(n: int, seed: int = 0) -> list[str]:
-    """``n`` few-shot-style documents of the GPT-3 paper's synthetic tasks (``multimodal.tasks``)."""
-    from multimodal.tasks import training_documents
+    """``n`` few-shot-style documents of the GPT-3 paper's synthetic tasks (``data.tasks``)."""
+    from data.tasks import training_documents
 
     return training_documents(n, seed)
 

@@ -33,14 +33,19 @@ LIGHTNING_KEY = "multimodal"
 # kind -> module that defines (and registers) it; imported on first use so loading a GPT does not
 # import the CLIP or DALL·E code.
 KIND_MODULES = {
-    "gpt": "multimodal.gpt",
-    "gpt_classifier": "multimodal.finetune",
+    "gpt": "multimodal.gpt.model",
+    "gpt_classifier": "multimodal.gpt.finetune",
     "clip": "clip.model",
-    "vae": "dalle.vae",
+    "vae": "dalle.vae.model",
     "dalle": "dalle.model",
     "judge": "data.judge",
 }
 _REGISTRY: dict[str, type[nn.Module]] = {}
+
+# The packaged demo models (trained on the shapes world, shipped inside the package), by name.
+PACKAGED_DIR = Path(__file__).parent / "demo_models"
+PACKAGED = {"clip": "clip", "dalle": "dalle", "judge": "judge", "gpt": "gpt"}
+SHAPES_ONLY_NOTE = "note: the demo model knows only the synthetic shapes world (coloured shapes at named places)"
 
 
 class CheckpointError(Exception):
@@ -128,6 +133,36 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def packaged_path(name: str, root: Path | None = None) -> Path | None:
+    """Directory of the packaged demo model ``name`` (``clip``, ``dalle``, ``judge``, ``gpt``), if shipped."""
+    if name not in PACKAGED:
+        return None
+    path = (root or PACKAGED_DIR) / PACKAGED[name]
+    return path if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file() else None
+
+
+def resolve(path: str | Path) -> Path:
+    """``path``, or the packaged model of that name when ``path`` is one (``"clip"``) and names no model on disk."""
+    p = Path(path)
+    if str(path) in PACKAGED and not p.is_file() and not (p / CONFIG_FILE).is_file():
+        return packaged_model_path(str(path))
+    return p
+
+
+def packaged_model_path(name: str, root: Path | None = None) -> Path:
+    """``packaged_path`` or a one-line ``CheckpointError`` saying how to build the missing model."""
+    path = packaged_path(name, root)
+    if path is None:
+        known = ", ".join(n for n in PACKAGED if packaged_path(n, root) is not None)
+        if name in PACKAGED:
+            raise CheckpointError(
+                f"the packaged {name!r} model is not in {root or PACKAGED_DIR}; build it with "
+                f"`python -m multimodal.demo build` (packaged: {known or 'none'})"
+            )
+        raise CheckpointError(f"{name}: no such file or directory, and not a packaged model ({known or 'none'})")
+    return path
+
+
 def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True`` and one-line errors."""
     path = Path(path)
@@ -202,7 +237,7 @@ def load_model(path: str | Path, kind: str | tuple[str, ...] | None = None) -> n
 
     Raises ``CheckpointError`` (one line) for a missing, damaged or wrong-kind checkpoint.
     """
-    path = Path(path)
+    path = resolve(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     if path.is_dir():
@@ -214,7 +249,7 @@ def load_model(path: str | Path, kind: str | tuple[str, ...] | None = None) -> n
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
         if "kind" not in meta and meta.get("model_type") == "gpt2":
-            from multimodal.hf import load_hf_gpt2
+            from multimodal.gpt.hf import load_hf_gpt2
 
             _check_kind("gpt", kind, path)
             return load_hf_gpt2(path)

@@ -1,10 +1,15 @@
-"""What the suite's command-line tools share."""
+"""What the suite's command-line tools share: one ``error:`` line, one ``UsageError``, one ``--device``."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from multimodal.checkpoint import CheckpointError, load_model
+import torch
+
+
+class UsageError(ValueError):
+    """Bad input from the command line: printed as one ``error:`` line, exit code 2."""
 
 
 def fail(msg: str | BaseException) -> int:
@@ -18,12 +23,31 @@ def fail(msg: str | BaseException) -> int:
     return 2
 
 
-def load_text_model(checkpoint: str, device: str = "cpu"):
-    """A GPT with its tokenizer, for the CLIs that read text; every failure is a one-line ``CheckpointError``."""
+def warn(msg: str | BaseException) -> None:
+    """One ``error:`` line for an input that is skipped while the rest of the run goes on."""
+    text = str(msg).strip()
+    print(f"error: {text.splitlines()[0] if text else type(msg).__name__}", file=sys.stderr)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU) | ``cpu`` | ``cuda[:N]`` | ``mps``; a bad or absent device is a
+    ``UsageError`` naming ``--device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model = load_model(checkpoint, "gpt").to(device)
-    except (RuntimeError, ValueError) as e:  # e.g. a device that does not exist
-        raise CheckpointError(f"{checkpoint}: {str(e).splitlines()[0]}") from None
-    if model.tokenizer is None:
-        raise CheckpointError(f"{checkpoint}: the checkpoint has no tokenizer files (vocab.json + merges.txt)")
-    return model
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise UsageError(f"--device {name!r}: {str(e).splitlines()[0]}") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UsageError(f"--device {name}: no such CUDA device on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available on this machine")
+    return device
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU) | cpu | cuda[:N]")
+
+
+def add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

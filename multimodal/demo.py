@@ -28,16 +28,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
-from torch import Tensor
 
-from multimodal.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_model
+from multimodal.checkpoint import PACKAGED_DIR, WEIGHTS_FILE, CheckpointError, load_model, packaged_model_path
 from multimodal.cli import fail
+from multimodal.images import bar_chart_png, grid_png, to_pil
 from multimodal.sampling import SamplingSettings
 
-DEMO_DIR = Path(__file__).parent / "demo_models"
+DEMO_DIR = PACKAGED_DIR
 KINDS = ("clip", "dalle", "judge")
 # What `build` trains, in order: (name, config, export directory the config writes).
 RECIPES = [
@@ -46,91 +44,12 @@ RECIPES = [
     ("clip", "configs/clip/shapes.yaml", "runs/clip-shapes"),
     ("dalle", "configs/dalle/shapes.yaml", "runs/dalle-shapes"),
 ]
-SHAPES_ONLY_NOTE = "note: the demo model knows only the synthetic shapes world (coloured shapes at named places)"
-
-
-def demo_path(kind: str, root: Path | None = None) -> Path | None:
-    """Directory of the packaged demo model of ``kind`` (``clip``, ``dalle``, ``judge``), if shipped."""
-    path = (root or DEMO_DIR) / kind
-    return path if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file() else None
-
-
-# -- pictures -------------------------------------------------------------------------------------
-
-
-def to_pil(image: Tensor) -> Image.Image:
-    """``[3, H, W]`` in [0, 1] → RGB image."""
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    return Image.fromarray(array, "RGB")
-
-
-def pil_batch(images: Sequence[Image.Image]) -> Tensor:
-    """RGB images of one size → ``[B, 3, H, W]`` in [0, 1]."""
-    return torch.stack(
-        [torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1) for im in images]
-    )
-
-
-def grid_png(
-    rows: list[list[Image.Image]],
-    labels: list[str],
-    path: Path,
-    scale: int = 2,
-    highlight: list[int] | None = None,
-    header: list[str] | None = None,
-) -> Path:
-    """One row of images per label; ``highlight[r]`` gets a green frame (CLIP's pick)."""
-    cell = rows[0][0].width * scale
-    pad, label_w, top = 4, 260, 18 if header else 0
-    cols = max(len(r) for r in rows)
-    canvas = Image.new("RGB", (label_w + cols * (cell + pad) + pad, top + len(rows) * (cell + pad) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    for c, text in enumerate(header or []):
-        draw.text((label_w + pad + c * (cell + pad), 2), text, fill="black")
-    for r, (images, label) in enumerate(zip(rows, labels)):
-        y = top + pad + r * (cell + pad)
-        draw.text((pad, y + cell // 2 - 6), label[:42], fill="black")
-        for c, im in enumerate(images):
-            x = label_w + pad + c * (cell + pad)
-            canvas.paste(im.resize((cell, cell), Image.Resampling.NEAREST), (x, y))
-            if highlight is not None and highlight[r] == c:
-                draw.rectangle([x - 2, y - 2, x + cell + 1, y + cell + 1], outline=(0, 180, 0), width=3)
-    canvas.save(path)
-    return path
-
-
-def bar_chart_png(values: dict[str, float], title: str, path: Path) -> Path:
-    """Horizontal bars of accuracies in [0, 1]."""
-    w, bar_h, label_w = 640, 26, 250
-    h = 40 + len(values) * (bar_h + 8)
-    canvas = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((10, 10), title, fill="black")
-    span = w - label_w - 70
-    for i, (name, v) in enumerate(values.items()):
-        y = 36 + i * (bar_h + 8)
-        draw.text((10, y + 7), name, fill="black")
-        draw.rectangle([label_w, y, label_w + span, y + bar_h], outline=(200, 200, 200))
-        draw.rectangle([label_w, y, label_w + int(span * max(0.0, min(1.0, v))), y + bar_h], fill=(60, 110, 200))
-        draw.text((label_w + span + 8, y + 7), f"{100 * v:.1f}%", fill="black")
-    canvas.save(path)
-    return path
-
-
-# -- the demo -------------------------------------------------------------------------------------
 
 
 def load_demo_models(root: Path | None = None, device: str = "cpu") -> dict:
     from data.judge import Judge
 
-    models = {}
-    for kind in KINDS:
-        path = demo_path(kind, root)
-        if path is None:
-            raise CheckpointError(
-                f"demo model {kind!r} is not packaged in {(root or DEMO_DIR)}; build it with `python -m multimodal.demo build`"
-            )
-        models[kind] = load_model(path, kind).to(device).eval()
+    models = {kind: load_model(packaged_model_path(kind, root), kind).to(device).eval() for kind in KINDS}
     models["judge"] = Judge(models["judge"], device)
     return models
 
@@ -143,20 +62,17 @@ def prompts_for(split: str, count: int, seed: int) -> list[str]:
 
 @torch.no_grad()
 def generate_and_rerank(models: dict, prompts: Sequence[str], candidates: int, seed: int) -> dict:
-    """``candidates`` images per prompt in one batch; judge every one; CLIP picks one per prompt."""
-    from dalle.sample import clip_scores
-
-    dalle = models["dalle"]
+    """``candidates`` images per prompt; judge every one; CLIP picks one per prompt."""
+    samples = models["dalle"].generate_images(
+        prompts, candidates, SamplingSettings(temperature=1.0, seed=seed), rerank=models["clip"]
+    )
+    images = torch.stack([s.all_images for s in samples])  # [P, N, 3, H, W]
     rep = [p for p in prompts for _ in range(candidates)]
-    settings = SamplingSettings(temperature=1.0, seed=seed)
-    codes = dalle.generate_codes(dalle.tokenize(rep, warn=False), settings)
-    images = dalle.vae.decode(codes).clamp(0, 1)  # [P·N, 3, H, W]
-    judged = models["judge"].score(images, rep)["per_image"]
-    sims = clip_scores(models["clip"], images, rep).view(len(prompts), candidates)
-    best = sims.argmax(1).tolist()
+    judged = models["judge"].score(images.flatten(0, 1), rep)["per_image"]
+    best = [s.best for s in samples]
     right = [bool(r["all"]) for r in judged]
     return {
-        "images": images.view(len(prompts), candidates, *images.shape[1:]),
+        "images": images,
         "best": best,
         "random_acc": sum(right) / len(right),
         "rerank_acc": sum(right[i * candidates + b] for i, b in enumerate(best)) / len(prompts),
@@ -170,19 +86,14 @@ def zero_shot(models: dict, split: str, count: int, seed: int) -> dict:
     from data import shapes
 
     clip = models["clip"]
-    v = clip.config.vision
     labels = [f"{c} {s}" for c in shapes.COLORS for s in shapes.SHAPES]
-    text = clip.encode_text(clip.tokenize([f"a {label}" for label in labels]))
     images, truth = [], []
     for i in range(count):
         rng = shapes.sample_rng(seed, split, i)
         objects = shapes.sample(rng, split, "1")
-        images.append(shapes.render(objects, v.image_size))
+        images.append(shapes.render(objects, clip.config.vision.image_size))
         truth.append(labels.index(f"{objects[0]['color']} {objects[0]['shape']}"))
-    x = pil_batch(images)
-    mean = torch.tensor(v.image_mean).view(1, 3, 1, 1)
-    std = torch.tensor(v.image_std).view(1, 3, 1, 1)
-    pred = (clip.encode_image((x - mean) / std) @ text.T).argmax(1)
+    pred = clip.classify(images, labels, templates=["a {}"]).argmax(1)
     correct = (pred == torch.tensor(truth)).tolist()
     return {
         "accuracy": sum(correct) / count,
@@ -206,22 +117,16 @@ def complete_image_prompts(models: dict, count: int, rows: int, seed: int, candi
         objects = shapes.sample(rng, "val", "1")
         originals.append(shapes.render(objects, size))
         prompts.append(shapes.caption_for(objects, rng))
-    x = pil_batch(originals)
-    prefix = dalle.vae.encode(x)[:, :rows].flatten(1)  # [P, rows·grid]
-    rep = [p for p in prompts for _ in range(candidates)]
-    codes = dalle.generate_codes(
-        dalle.tokenize(rep, warn=False),
-        SamplingSettings(temperature=1.0, seed=seed),
-        image_prefix=prefix.repeat_interleave(candidates, 0),
+    samples = dalle.generate_images(
+        prompts, candidates, SamplingSettings(temperature=1.0, seed=seed), image_prompt=originals, prompt_rows=rows
     )
-    images = dalle.vae.decode(codes).clamp(0, 1)
-    judged = models["judge"].score(images, rep)["per_image"]
-    acc = sum(r["all"] for r in judged) / len(judged)
+    images = torch.stack([s.all_images for s in samples])  # [P, N, 3, H, W]
+    judged = models["judge"].score(images.flatten(0, 1), [p for p in prompts for _ in range(candidates)])["per_image"]
     return {
-        "accuracy": acc,
+        "accuracy": sum(r["all"] for r in judged) / len(judged),
         "originals": originals,
         "prompts": prompts,
-        "images": images.view(count, candidates, *images.shape[1:]),
+        "images": images,
     }
 
 

@@ -1,7 +1,8 @@
 """One small interface over the suite's tokenizers.
 
 - ``ByteTokenizer``: UTF-8 bytes + end-of-text (257 ids); needs no files, used by the CPU configs.
-- ``ClipTokenizer``: CLIP's BPE (open_clip's ``SimpleTokenizer``, vocabulary shipped in open_clip).
+- ``ClipTokenizer``: CLIP's BPE (open_clip's ``SimpleTokenizer`` and the vocabulary shipped in open_clip, read
+  from its file: importing the open_clip package costs seconds, the tokenizer file alone does not).
 - ``GPT2Tokenizer``: GPT-2 byte-level BPE from ``vocab.json`` + ``merges.txt`` (``tokenizers``).
 
 Each has ``encode(text) -> list[int]``, ``decode(ids) -> str``, ``vocab_size``, ``eot_id``, ``name``,
@@ -10,7 +11,9 @@ and ``batch(texts, length)`` giving a padded ``[B, length]`` tensor with the end
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -53,15 +56,35 @@ class ByteTokenizer:
         return pad_batch([self.encode(t)[: length - 1] + [self.eot_id] for t in texts], length)
 
 
+def openclip_dir() -> Path:
+    """open_clip's package folder, found without running its ``__init__``."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("open_clip is not installed (pip install open_clip_torch)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def openclip_file_module(name: str):
+    """``open_clip.<name>`` if already imported, else that file loaded on its own (it has no relative imports)."""
+    full = f"open_clip.{name}"
+    if full in sys.modules:
+        return sys.modules[full]
+    key = f"_multimodal_openclip_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, openclip_dir() / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[key] = module
+    return sys.modules[key]
+
+
 class ClipTokenizer:
     """open_clip's BPE: ``<start_of_text> tokens <end_of_text>``, lower-cased and cleaned like CLIP."""
 
     name = "clip"
 
     def __init__(self) -> None:
-        from open_clip.tokenizer import SimpleTokenizer
-
-        self._tok = SimpleTokenizer()
+        self._tok = openclip_file_module("tokenizer").SimpleTokenizer()
         self.vocab_size = len(self._tok.encoder)
         self.sot_id = self._tok.all_special_ids[0]
         self.eot_id = self._tok.all_special_ids[1]

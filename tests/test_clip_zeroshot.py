@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from clip import zeroshot
+from multimodal.images import preprocess
 from tests.clip_helpers import shape_image, tiny_export
 
 
@@ -55,8 +56,8 @@ def test_probabilities_match_the_model(tmp_path, capsys, export):
     got = probs_of(capsys, export, tmp_path / "a.png", "cat,dog")
     model = load_model(export, "clip")
     with torch.no_grad():
-        x = zeroshot.preprocess(Image.open(tmp_path / "a.png").convert("RGB"), model.config.vision)[None]
-        cls = zeroshot.label_embeddings(model, ["cat", "dog"], ["a {}."])
+        x = preprocess(Image.open(tmp_path / "a.png"), model.config.vision.preprocess)[None]
+        cls = model.embed_labels(["cat", "dog"], ["a {}."])
         want = (model.logit_scale.exp() * model.encode_image(x) @ cls.t()).softmax(-1)[0]
     assert abs(got["cat"] - float(want[0])) < 1e-4
 
@@ -113,7 +114,7 @@ def test_bad_inputs(tmp_path, capsys, export, monkeypatch):
     assert out.count("\n") == 1 and out.startswith(str(tmp_path / "ok.png"))  # the good image is still classified
     assert len(err.strip().splitlines()) == 3 and "no such file" in err and "not a readable image" in err
     # a decompression bomb: refused before its pixels are decoded
-    monkeypatch.setattr(zeroshot, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr("multimodal.images.MAX_IMAGE_PIXELS", 1000)
     code, out, err = run(capsys, "--checkpoint", export, "--labels", "cat,dog", tmp_path / "ok.png")
     assert code != 0 and "too large" in err and out == ""
     monkeypatch.undo()
@@ -132,6 +133,6 @@ def test_default_model_offline_and_shapes_hook(tmp_path, capsys, monkeypatch):
     code, out, err = run(capsys, "--labels", "cat,dog", tmp_path / "ok.png")
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and "offline" in err and "--checkpoint" in err
-    monkeypatch.setattr(zeroshot, "SHAPES_DEMO", tmp_path / "no-demo")
+    monkeypatch.setattr("multimodal.checkpoint.PACKAGED_DIR", tmp_path / "no-demo")
     code, out, err = run(capsys, "--model", "shapes", "--labels", "a,b", tmp_path / "ok.png")
-    assert code == 2 and "shapes demo model" in err
+    assert code == 2 and "packaged 'clip' model" in err and "multimodal.demo build" in err

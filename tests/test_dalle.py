@@ -104,10 +104,11 @@ def test_export_roundtrip_samples_the_same_images(tmp_path):
     loaded = load_model(out, "dalle")
     assert isinstance(loaded, DALLE) and loaded.vae is not None
     s = SamplingSettings(seed=5)
-    a, codes_a = model.generate_images(PROMPTS, s)
-    b, codes_b = loaded.generate_images(PROMPTS, s)
-    assert torch.equal(codes_a, codes_b) and torch.equal(a, b)
-    assert a.shape == (2, 3, 16, 16) and 0 <= a.min() and a.max() <= 1
+    a = model.generate_images(PROMPTS, 1, s)
+    b = loaded.generate_images(PROMPTS, 1, s)
+    assert [x.prompt for x in a] == list(PROMPTS)
+    assert all(torch.equal(x.codes, y.codes) and torch.equal(x.images, y.images) for x, y in zip(a, b))
+    assert a[0].images.shape == (1, 3, 16, 16) and 0 <= a[0].images.min() and a[0].images.max() <= 1
 
 
 def test_init_from_gpt_copies_the_backbone():
@@ -128,7 +129,7 @@ def test_module_trains_caches_codes_and_drops_captions(tmp_path):
     import lightning as L
 
     from dalle.module import DALLEModule
-    from dalle.vae import save_png  # noqa: F401 - the grid writer the module uses
+    from multimodal.images import save_png  # noqa: F401 - the grid writer the module uses
     from tests.dalle_helpers import tiny_vae
 
     vae_dir = save_export(tiny_vae(), tmp_path / "vae")

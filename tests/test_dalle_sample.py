@@ -52,12 +52,14 @@ def test_out_dir_json_sampling_flags_and_guidance(ckpt, tmp_path, capsys):
 
 def test_guidance_defaults_to_the_models_own(tmp_path, capsys, monkeypatch):
     # a model exported with guidance 2 samples with it unless --guidance says otherwise
-    import dalle.sample as cli
+    from dalle.model import DALLE
 
     used = []
-    real = cli.sample
+    real = DALLE.generate_images
     monkeypatch.setattr(
-        cli, "sample", lambda m, p, n, s, guidance, *a: used.append(guidance) or real(m, p, n, s, guidance, *a)
+        DALLE,
+        "generate_images",
+        lambda m, p, n, s, guidance, **k: used.append(guidance) or real(m, p, n, s, guidance, **k),
     )
     guided = dalle_export(tmp_path / "guided", guidance=2.0)
     base = ["a red circle", "--num", 2, "--json", "--no-progress", "--out", tmp_path / "g.png"]
@@ -117,9 +119,7 @@ def test_long_prompt_is_truncated_with_a_warning(ckpt, tmp_path, capsys):
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(ckpt, tmp_path, capsys, monkeypatch, extra, message):
-    import multimodal.demo
-
-    monkeypatch.setattr(multimodal.demo, "DEMO_DIR", tmp_path / "no-demo-models")
+    monkeypatch.setattr("multimodal.checkpoint.PACKAGED_DIR", tmp_path / "no-demo-models")
     from multimodal.checkpoint import save_export
     from multimodal.gpt import GPT, GPTConfig
 

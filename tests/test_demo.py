@@ -6,8 +6,9 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from multimodal.checkpoint import packaged_path as demo_path
 from multimodal.checkpoint import save_export
-from multimodal.demo import demo_path, main, package
+from multimodal.demo import main, package
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import random
 import pytest
 import torch
 
-from multimodal import tasks
+from data import tasks
 from multimodal.checkpoint import save_export
-from multimodal.fewshot import build_prompt, choice_logprobs, evaluate, load_tasks, main
+from multimodal.gpt.fewshot import build_prompt, choice_logprobs, evaluate, load_tasks, main
 from tests.fewshot_helpers import always_predicts, tiny_gpt
 
 

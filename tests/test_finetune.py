@@ -9,7 +9,8 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from multimodal.checkpoint import CheckpointError, load_model, save_export
-from multimodal.finetune import (
+from multimodal.gpt import GPTConfig
+from multimodal.gpt.finetune import (
     ClassificationDataModule,
     ClassifierModule,
     GPTClassifier,
@@ -18,7 +19,6 @@ from multimodal.finetune import (
     encode_batch,
     task_kind,
 )
-from multimodal.gpt import GPTConfig
 from tests.fewshot_helpers import tiny_gpt
 
 TINY = GPTConfig(vocab_size=257, context_length=64, width=32, layers=2, heads=4)

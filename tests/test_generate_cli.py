@@ -3,7 +3,7 @@ import json
 import pytest
 
 from multimodal.checkpoint import save_export
-from multimodal.generate import main
+from multimodal.gpt.generate import main
 
 
 def test_generate_from_export_json(tiny_gpt, tmp_path, capsys):

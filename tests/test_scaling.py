@@ -1,4 +1,4 @@
-"""python -m multimodal.scaling: two tiny sizes → CSV + log-log PNG; bad input is one line, exit 2."""
+"""python -m multimodal.gpt.scaling: two tiny sizes → CSV + log-log PNG; bad input is one line, exit 2."""
 
 import csv
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 from PIL import Image
 
-from multimodal.scaling import fit_power_law, main
+from multimodal.gpt.scaling import fit_power_law, main
 
 
 def test_two_sizes_write_png_csv_json(tmp_path, capsys):

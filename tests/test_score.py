@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from multimodal.checkpoint import save_export
-from multimodal.score import main
+from multimodal.gpt.score import main
 from tests.fewshot_helpers import always_predicts, tiny_gpt
 
 

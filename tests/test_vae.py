@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle.vae import DiscreteVAE, VAEConfig, VAEModule, code_usage, cosine_ramp, psnr
+from dalle.vae import DiscreteVAE, VAEConfig, code_usage, psnr
+from dalle.vae.module import VAEModule, cosine_ramp
 from multimodal.checkpoint import load_model, save_export
 from tests.vae_helpers import blocks_images, tiny_config, tiny_vae
 

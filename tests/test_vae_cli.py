@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dalle.vae import main
+from dalle.vae.cli import main
 from multimodal.checkpoint import save_export
 from tests.vae_helpers import (
     blocks_images,

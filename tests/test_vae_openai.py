@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle.vae import convert_openai_state, load_openai_state, main
+from dalle.vae.cli import main
+from dalle.vae.openai import convert_openai_state, load_openai_state
 from multimodal.checkpoint import CheckpointError, load_model
 
 dall_e = pytest.importorskip("dall_e")

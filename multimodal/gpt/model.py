@@ -276,3 +276,16 @@ class GPT(nn.Module):
         if cut:
             text, reason = text[: min(cut)], "stop"
         return Generation(text, new, len(ids), reason, truncated)
+
+
+def load_text_model(checkpoint: str, device: str = "cpu") -> GPT:
+    """A GPT with its tokenizer, for the CLIs that read text; every failure is a one-line ``CheckpointError``."""
+    from multimodal.checkpoint import CheckpointError, load_model
+
+    try:
+        model = load_model(checkpoint, "gpt").to(device)
+    except (RuntimeError, ValueError) as e:  # e.g. a device that does not exist
+        raise CheckpointError(f"{checkpoint}: {str(e).splitlines()[0]}") from None
+    if model.tokenizer is None:
+        raise CheckpointError(f"{checkpoint}: the checkpoint has no tokenizer files (vocab.json + merges.txt)")
+    return model

@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader
 
 from multimodal.checkpoint import register
 from multimodal.gpt import GPT, GPTConfig
+from multimodal.gpt.lm import adamw_with_schedule
 from multimodal.lightning import ModelModule
-from multimodal.lm import adamw_with_schedule
 from multimodal.tokenizers import Tokenizer, get_tokenizer
 
 # No ``from __future__ import annotations`` here: checkpoint.config_from_dict rebuilds the nested GPTConfig
@@ -261,7 +261,7 @@ def arithmetic_check(n: int, seed: int = 0) -> list[tuple[str, str]]:
 
 def task_kind(n: int, seed: int = 0) -> list[tuple[str, str]]:
     """Synthetic 3-class task: is the line arithmetic, an unscrambled word or a translation?"""
-    from multimodal import tasks
+    from data import tasks
 
     rng = random.Random(seed)
     kinds = {"arithmetic": tasks.GROUPS["arithmetic"], "words": tasks.GROUPS["words"], "translation": ["translate"]}

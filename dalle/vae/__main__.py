@@ -1,0 +1,5 @@
+import sys
+
+from dalle.vae.cli import main
+
+sys.exit(main())

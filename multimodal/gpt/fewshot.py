@@ -1,0 +1,375 @@
+"""``python -m multimodal.gpt.fewshot --checkpoint PATH --tasks add2,translate --shots 0,1,4``: zero-, one- and
+few-shot evaluation of a GPT, with no gradient update (GPT-3, Brown et al. 2020).
+
+A prompt is an optional task description, ``k`` solved examples and the query, one per line::
+
+    Translate English to French.
+    cheese => fromage
+    sea otter =>
+
+Tasks are the built-in synthetic ones of ``data.tasks`` (held-out instances, examples drawn from the
+training side) or JSONL files whose records are either ``{"context", "choices", "answer"}`` (multiple
+choice: the choice with the highest length-normalised log-likelihood wins) or ``{"prompt", "completion"}``
+(greedy decoding up to a newline must give the completion exactly). A JSONL file's examples are its other
+records (with the same ``group`` when records have one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from data import tasks as builtin
+from data.tasks import SEPARATOR, format_example
+from multimodal.checkpoint import CheckpointError
+from multimodal.cli import fail
+from multimodal.gpt.model import load_text_model
+from multimodal.sampling import SamplingSettings
+
+# -- prompts ----------------------------------------------------------------------------------------------
+
+
+def build_prompt(
+    query: str, examples: Sequence[tuple[str, str]] = (), description: str | None = None, sep: str = SEPARATOR
+) -> str:
+    """``description`` line, one ``input => output`` line per example, then ``query =>`` (no trailing space:
+    the answer is scored or generated as `` answer``)."""
+    lines = [description] if description else []
+    lines += [format_example(x, y, sep) for x, y in examples]
+    lines.append(f"{query}{sep}")
+    return "\n".join(lines)
+
+
+def io_of(record: dict, metric: str) -> tuple[str, str]:
+    """(input, correct output) of a record under ``metric`` (``choice`` or ``exact``)."""
+    if metric == "choice":
+        return record["context"], record["choices"][record["answer"]]
+    return record["prompt"], record["completion"]
+
+
+def record_metric(record: dict, metric: str) -> str:
+    if metric != "auto":
+        return metric
+    return "exact" if "completion" in record else "choice"
+
+
+# -- tasks ------------------------------------------------------------------------------------------------
+
+
+class TaskError(ValueError):
+    """A task file or name that cannot be used; the message is one line for the user."""
+
+
+def _check_record(r: object, where: str) -> dict:
+    if not isinstance(r, dict):
+        raise TaskError(f"{where}: expected a JSON object")
+    has_choice = {"context", "choices", "answer"} <= r.keys()
+    has_exact = {"prompt", "completion"} <= r.keys()
+    if not (has_choice or has_exact):
+        raise TaskError(f"{where}: a record needs context+choices+answer or prompt+completion")
+    if has_choice:
+        ch, a = r["choices"], r["answer"]
+        if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) and c for c in ch):
+            raise TaskError(f"{where}: choices must be a list of at least 2 non-empty strings")
+        if isinstance(a, str) and a in ch:
+            r["answer"] = ch.index(a)
+        elif not isinstance(a, int) or not 0 <= a < len(ch):
+            raise TaskError(f"{where}: answer must be an index into choices (or one of them)")
+    return r
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"{path}: no such file")
+    records = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TaskError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        records.append(_check_record(obj, f"{path}:{i}"))
+    if not records:
+        raise TaskError(f"{path}: no records")
+    return records
+
+
+def load_tasks(spec: str, n: int, seed: int = 0) -> dict[str, tuple[list[dict], list[dict]]]:
+    """``spec``: comma-separated built-in names (``add2``, ``words``, ``all``…) and/or ``.jsonl`` paths →
+    ``{task: (queries, example pool)}``. Built-ins draw ``n`` held-out queries and a pool of training
+    instances; a JSONL file is its own pool (a query never serves as its own example)."""
+    out: dict[str, tuple[list[dict], list[dict]]] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if part.endswith(".jsonl") or Path(part).exists():
+            records = read_jsonl(part)
+            out[Path(part).stem] = (records[:n] if n else records, records)
+            continue
+        try:
+            names = builtin.resolve(part)
+        except ValueError as e:
+            raise TaskError(str(e)) from None
+        for name in names:
+            out[name] = (builtin.instances(name, n or 100, seed, "test"), builtin.instances(name, 300, seed, "train"))
+    if not out:
+        raise TaskError("no task given")
+    return out
+
+
+def pick_examples(pool: list[dict], query: dict, k: int, rng: random.Random) -> list[dict]:
+    """Up to ``k`` examples from ``pool``: same ``group`` as the query, never the query itself."""
+    group = query.get("group")
+    cands = [r for r in pool if r is not query and r.get("group") == group and r != query]
+    return rng.sample(cands, min(k, len(cands)))
+
+
+# -- scoring ----------------------------------------------------------------------------------------------
+
+
+def _prompt_ids(tok, prompt: str, room: int) -> tuple[list[int], bool]:
+    """End-of-text (the document boundary of pre-training) + the prompt, cut from the left to ``room``."""
+    ids = [tok.eot_id] + tok.encode(prompt)
+    room = max(room, 1)
+    return (ids[-room:], True) if len(ids) > room else (ids, False)
+
+
+@torch.no_grad()
+def choice_logprobs(
+    model, prompt_ids: list[list[int]], choice_ids: list[list[int]], batch_size: int = 16
+) -> list[Tensor]:
+    """Log-probabilities of each choice's tokens after its prompt, batched: sequence ``i`` is
+    ``prompt_ids[i] + choice_ids[i]`` (right-padded; causal attention keeps the padding out)."""
+    device = model.token_embedding.weight.device
+    pad = model.tokenizer.eot_id if model.tokenizer is not None else 0
+    out: list[Tensor] = []
+    for s in range(0, len(prompt_ids), batch_size):
+        rows = [p + c for p, c in zip(prompt_ids[s : s + batch_size], choice_ids[s : s + batch_size])]
+        T = max(len(r) for r in rows)
+        ids = torch.full((len(rows), T), pad, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        lp = model.token_logprobs(ids.to(device)).cpu()  # [B, T-1]; lp[:, t-1] scores ids[:, t]
+        for i, (p, c) in enumerate(zip(prompt_ids[s : s + batch_size], choice_ids[s : s + batch_size])):
+            out.append(lp[i, len(p) - 1 : len(p) - 1 + len(c)])
+    return out
+
+
+def normalise(lp: Tensor, text: str, norm: str) -> float:
+    """``token``: mean log-prob per token (GPT-3's length normalisation), ``char`` per character, ``none``."""
+    total = float(lp.sum())
+    if norm == "token":
+        return total / max(len(lp), 1)
+    if norm == "char":
+        return total / max(len(text), 1)
+    return total
+
+
+@torch.no_grad()
+def greedy(model, prompt_ids: list[int], max_new_tokens: int) -> str:
+    """Greedy, KV-cached continuation up to a newline (or end-of-text), newline excluded."""
+    tok = model.tokenizer
+
+    def is_done(tokens: Tensor) -> Tensor:
+        row = tokens[0].tolist()
+        return torch.tensor([row[-1] == tok.eot_id or "\n" in tok.decode(row)])
+
+    device = model.token_embedding.weight.device
+    new = model.generate_ids(torch.tensor([prompt_ids], device=device), max_new_tokens, SamplingSettings(0.0), is_done)
+    row = new[0].tolist()
+    if tok.eot_id in row:
+        row = row[: row.index(tok.eot_id)]
+    return tok.decode(row).split("\n")[0]
+
+
+def evaluate(
+    model,
+    task_sets: dict[str, tuple[list[dict], list[dict]]],
+    shots: Sequence[int],
+    metric: str = "auto",
+    describe: bool = False,
+    description: str | None = None,
+    norm: str = "token",
+    seed: int = 0,
+    batch_size: int = 16,
+    max_tokens: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Accuracy per task and per k: ``{"results": {task: {k: acc}}, "n": {task: n}, "cut": prompts cut}``."""
+    tok = model.tokenizer
+    n_ctx = model.config.context_length
+    results: dict[str, dict[int, float]] = {}
+    counts: dict[str, int] = {}
+    cut = 0
+    total = sum(len(q) for q, _ in task_sets.values()) * len(shots)
+    bar = tqdm(total=total, desc="few-shot", disable=not progress, file=sys.stderr)
+    for name, (queries, pool) in task_sets.items():
+        counts[name] = len(queries)
+        # the same examples for every k (k=1 uses the first of the k=4 ones): only k changes between columns
+        drawn = [pick_examples(pool, q, max(shots), random.Random(f"{seed}:{name}:{i}")) for i, q in enumerate(queries)]
+        for k in shots:
+            correct = 0
+            mc_prompts, mc_choices, mc_texts, mc_owner = [], [], [], []
+            for q, ex in zip(queries, drawn):
+                m = record_metric(q, metric)
+                desc = description or (q.get("description") if describe else None)
+                x, y = io_of(q, m)
+                examples = [io_of(e, m) for e in ex[:k]]
+                if m == "exact":
+                    target = tok.encode(" " + y)
+                    budget = min(max_tokens or len(target) + 1, n_ctx - 1)
+                    ids, was_cut = _fit(tok, x, examples, desc, n_ctx - budget + 1)
+                    cut += was_cut
+                    correct += greedy(model, ids, budget).strip() == y.strip()
+                    bar.update(1)
+                else:
+                    choices = q["choices"]
+                    longest = max(len(tok.encode(" " + c)) for c in choices)
+                    ids, was_cut = _fit(tok, x, examples, desc, n_ctx - longest + 1)
+                    cut += was_cut
+                    for c in choices:
+                        mc_prompts.append(ids)
+                        mc_choices.append(tok.encode(" " + c))
+                        mc_texts.append(c)
+                    mc_owner.append((q, len(choices)))
+            if mc_owner:
+                lps = choice_logprobs(model, mc_prompts, mc_choices, batch_size)
+                j = 0
+                for q, n_choices in mc_owner:
+                    scores = [normalise(lps[j + c], mc_texts[j + c], norm) for c in range(n_choices)]
+                    correct += max(range(n_choices), key=scores.__getitem__) == q["answer"]
+                    j += n_choices
+                    bar.update(1)
+            results.setdefault(name, {})[k] = correct / max(len(queries), 1)
+    bar.close()
+    return {"results": results, "n": counts, "cut": cut}
+
+
+def _fit(tok, x: str, examples: list[tuple[str, str]], desc: str | None, room: int) -> tuple[list[int], bool]:
+    """Prompt ids that fit ``room`` tokens: drop the oldest examples first, then cut from the left."""
+    examples = list(examples)
+    while True:
+        ids, was_cut = _prompt_ids(tok, build_prompt(x, examples, desc), room)
+        if not was_cut or not examples:
+            return ids, was_cut
+        examples.pop(0)
+
+
+# -- CLI --------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m multimodal.gpt.fewshot", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="export directory, Lightning .ckpt, or HF GPT-2 directory")
+    p.add_argument(
+        "--tasks",
+        default="all",
+        help="comma-separated built-in tasks (add2 add3 sub2 sub3 cycle anagram reverse translate; groups "
+        "arithmetic, words, all) and/or JSONL files (default all)",
+    )
+    p.add_argument("--shots", default="0,1,4", help="comma-separated numbers of examples k (default 0,1,4)")
+    p.add_argument("--n", type=int, default=100, help="queries per built-in task; caps a JSONL file (0 = all)")
+    p.add_argument(
+        "--metric",
+        choices=["auto", "choice", "exact"],
+        default="auto",
+        help="choice: log-likelihood of each choice; exact: greedy exact match; auto: exact when a record has "
+        "a completion (default)",
+    )
+    p.add_argument("--norm", choices=["token", "char", "none"], default="token", help="choice length normalisation")
+    p.add_argument("--describe", action="store_true", help="start prompts with each task's own description")
+    p.add_argument("--description", default=None, help="start every prompt with this description")
+    p.add_argument("--max-tokens", type=int, default=None, help="exact match: new tokens at most (default answer+1)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward when scoring choices")
+    p.add_argument("--seed", type=int, default=0, help="seed for queries and examples")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the accuracies")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_shots(text: str) -> list[int]:
+    try:
+        shots = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise TaskError(f"--shots must be comma-separated integers, got {text!r}") from None
+    if not shots or any(k < 0 for k in shots):
+        raise TaskError(f"--shots must be non-negative integers, got {text!r}")
+    return list(dict.fromkeys(shots))
+
+
+def format_table(report: dict, shots: Sequence[int]) -> str:
+    width = max([len(t) for t in report["results"]] + [4])
+    lines = [f"{'task':<{width}}  {'n':>4}  " + "  ".join(f"{f'k={k}':>6}" for k in shots)]
+    for task, accs in report["results"].items():
+        lines.append(f"{task:<{width}}  {report['n'][task]:>4}  " + "  ".join(f"{accs[k]:>6.3f}" for k in shots))
+    if len(report["results"]) > 1:
+        mean = {k: sum(a[k] for a in report["results"].values()) / len(report["results"]) for k in shots}
+        lines.append(f"{'mean':<{width}}  {'':>4}  " + "  ".join(f"{mean[k]:>6.3f}" for k in shots))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.n < 0:
+        return fail("--n must be >= 0")
+    if args.batch_size < 1:
+        return fail("--batch-size must be at least 1")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        return fail("--max-tokens must be at least 1")
+    try:
+        shots = parse_shots(args.shots)
+        task_sets = load_tasks(args.tasks, args.n, args.seed)
+    except TaskError as e:
+        return fail(str(e))
+    try:
+        model = load_text_model(args.checkpoint, args.device)
+    except CheckpointError as e:
+        return fail(str(e))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.inference_mode():
+            report = evaluate(
+                model,
+                task_sets,
+                shots,
+                args.metric,
+                args.describe,
+                args.description,
+                args.norm,
+                args.seed,
+                args.batch_size,
+                args.max_tokens,
+                progress=not args.no_progress,
+            )
+    if report["cut"]:
+        print(f"warning: {report['cut']} prompts did not fit the context and lost examples", file=sys.stderr)
+    if args.json:
+        record = {
+            "checkpoint": str(args.checkpoint),
+            "metric": args.metric,
+            "describe": bool(args.describe or args.description),
+            "shots": shots,
+            "n": report["n"],
+            "accuracy": {t: {str(k): a for k, a in accs.items()} for t, accs in report["results"].items()},
+            "prompts_cut": report["cut"],
+        }
+        print(json.dumps(record))
+    else:
+        print(format_table(report, shots))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""``python -m multimodal.generate "prompt" --checkpoint PATH``: continue a prompt with a GPT.
+
+The checkpoint may be our export directory, a Lightning ``.ckpt`` of ``multimodal.gpt.lm.GPTModule``, or a
+Hugging Face GPT-2 directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+import torch
+
+from multimodal.checkpoint import CheckpointError
+from multimodal.cli import fail
+from multimodal.gpt.model import load_text_model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m multimodal.generate", description=__doc__.split("\n\n")[0])
+    p.add_argument("prompt", help="text to continue")
+    p.add_argument("--checkpoint", required=True, help="export directory, Lightning .ckpt, or HF GPT-2 directory")
+    p.add_argument("--max-tokens", type=int, default=64, help="new tokens at most (default 64)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not included in the output")
+    p.add_argument("--num", type=int, default=1, help="number of samples (seeds seed, seed+1, …)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
+    p.add_argument("--json", action="store_true", help="one JSON object per sample on stdout")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.max_tokens < 1:
+        return fail("--max-tokens must be at least 1")
+    if args.temperature < 0:
+        return fail("--temperature must be >= 0")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        return fail("--top-p must be in (0, 1]")
+    if args.top_k is not None and args.top_k < 0:
+        return fail("--top-k must be >= 0")
+    try:
+        model = load_text_model(args.checkpoint, args.device)
+    except CheckpointError as e:
+        return fail(str(e))
+    for i in range(args.num):
+        seed = None if args.seed is None else args.seed + i
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with torch.inference_mode():
+                out = model.generate(
+                    args.prompt, args.max_tokens, args.temperature, args.top_k, args.top_p, seed, args.stop
+                )
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        if args.json:
+            record = {
+                "prompt": args.prompt,
+                "completion": out.text,
+                "tokens": len(out.tokens),
+                "finish_reason": out.finish_reason,
+                "prompt_truncated": out.truncated_prompt,
+                "seed": seed,
+            }
+            print(json.dumps(record), flush=True)
+        else:
+            print(args.prompt + out.text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
