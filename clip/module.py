@@ -108,29 +108,16 @@ class CLIPModule(ModelModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            # gains, biases, embeddings and the temperature are not decayed (as open_clip)
-            (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr,
-            betas=tuple(hp.betas),
+        # embeddings and the temperature are not decayed either (as open_clip)
+        return self.adamw_with_schedule(
+            hp.lr,
+            hp.weight_decay,
+            tuple(hp.betas),
+            hp.warmup_steps,
+            hp.min_lr_ratio,
             eps=hp.eps,
+            no_decay=lambda name, p: "embedding" in name or "logit_scale" in name,
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(hp.warmup_steps, total // 2)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- validation: contrastive loss and zero-shot accuracy ------------------------------------
     def on_validation_epoch_start(self) -> None:

@@ -52,7 +52,6 @@ class DALLEModule(ModelModule):
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.96),
         warmup_steps: int = 100,
-        max_steps: int = 10000,
         min_lr_ratio: float = 0.1,
         val_captions: list[str] | None = None,
         samples_per_caption: int = 4,
@@ -93,7 +92,6 @@ class DALLEModule(ModelModule):
                 "weight_decay": weight_decay,
                 "betas": list(betas),
                 "warmup_steps": warmup_steps,
-                "max_steps": max_steps,
                 "min_lr_ratio": min_lr_ratio,
                 "val_captions": list(val_captions or []),
                 "samples_per_caption": samples_per_caption,
@@ -177,12 +175,11 @@ class DALLEModule(ModelModule):
             save_png(grid, root / "samples" / f"step_{step:07d}.png")
 
     def configure_optimizers(self):
-        from multimodal.gpt.lm import adamw_with_schedule
 
         hp = self.hparams
         trainable = torch.nn.ModuleDict({k: m for k, m in self.model.named_children() if k != "vae"})
-        return adamw_with_schedule(
-            trainable, hp.lr, hp.weight_decay, tuple(hp.betas), hp.warmup_steps, hp.max_steps, hp.min_lr_ratio
+        return self.adamw_with_schedule(
+            hp.lr, hp.weight_decay, tuple(hp.betas), hp.warmup_steps, hp.min_lr_ratio, module=trainable
         )
 
 

@@ -308,14 +308,9 @@ class JudgeModule(ModelModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval(batch, "test")
 
-    def configure_optimizers(self):  # noqa: ANN201
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm = min(self.hparams.warmup_steps, total // 10 + 1)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=self.hparams.lr, total_steps=total, pct_start=warm / total, anneal_strategy="cos"
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    def configure_optimizers(self):
+        h = self.hparams
+        return self.adamw_with_schedule(h.lr, h.weight_decay, (0.9, 0.999), h.warmup_steps, min_lr_ratio=0.0)
 
 
 # ---------------------------------------------------------------------------------------------

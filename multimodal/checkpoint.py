@@ -41,6 +41,8 @@ KIND_MODULES = {
     "judge": "data.judge",
 }
 _REGISTRY: dict[str, type[nn.Module]] = {}
+# Reads a Hugging Face GPT-2 directory; imported by name, like KIND_MODULES, so the core imports no head.
+HF_GPT2_MODULE = "multimodal.gpt.hf"
 
 # The packaged demo models (trained on the shapes world, shipped inside the package), by name.
 PACKAGED_DIR = Path(__file__).parent / "demo_models"
@@ -249,10 +251,8 @@ def load_model(path: str | Path, kind: str | tuple[str, ...] | None = None) -> n
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
         if "kind" not in meta and meta.get("model_type") == "gpt2":
-            from multimodal.gpt.hf import load_hf_gpt2
-
             _check_kind("gpt", kind, path)
-            return load_hf_gpt2(path)
+            return importlib.import_module(HF_GPT2_MODULE).load_hf_gpt2(path)
         if "kind" not in meta:
             raise CheckpointError(f"{config_path}: not a model export of this suite (no 'kind')")
         _check_kind(meta["kind"], kind, path)

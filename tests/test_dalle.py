@@ -139,7 +139,6 @@ def test_module_trains_caches_codes_and_drops_captions(tmp_path):
         caption_dropout=0.5,
         lr=1e-3,
         warmup_steps=1,
-        max_steps=4,
         val_captions=["a red circle"],
         samples_per_caption=2,
     )

@@ -76,7 +76,7 @@ def test_finetuning_beats_untrained_head_from_jsonl_and_csv(tmp_path):
     gpt_dir = save_export(tiny_gpt(context_length=64), tmp_path / "gpt")  # init from a GPT checkpoint of ours
     dm = ClassificationDataModule(train=str(train), val=str(val), batch_size=16)
     assert dm.label_names == ["arithmetic", "translation", "words"]
-    module = ClassifierModule(num_classes=3, init_from=str(gpt_dir), lr=3e-3, warmup_steps=5, max_steps=30)
+    module = ClassifierModule(num_classes=3, init_from=str(gpt_dir), lr=3e-3, warmup_steps=5)
     assert torch.equal(module.model.gpt.token_embedding.weight, load_model(gpt_dir, "gpt").token_embedding.weight)
     held_out = rows[600:]
     module.model.config.labels = dm.label_names

@@ -30,7 +30,6 @@ def _train(tmp_path, *extra, steps=60):
         "--trainer.callbacks+=multimodal.callbacks.ExportModel",
         f"--trainer.callbacks.directory={tmp_path / 'export'}",
         "--data.synthetic_docs=4000",
-        f"--model.max_steps={steps}",
         *extra,
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

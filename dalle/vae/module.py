@@ -164,20 +164,7 @@ class VAEModule(ModelModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        decay, no_decay = [], []
-        for p in self.model.parameters():
-            (decay if p.dim() >= 2 else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas))
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer else 1
-
-        def factor(step: int) -> float:
-            if step < h.warmup_steps:
-                return (step + 1) / h.warmup_steps
-            return cosine_ramp(step - h.warmup_steps, total - h.warmup_steps, 1.0, h.min_lr_ratio)
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return self.adamw_with_schedule(h.lr, h.weight_decay, tuple(h.betas), h.warmup_steps, h.min_lr_ratio)
 
 
 def _images(batch: Any) -> Tensor:

@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader
 
 from multimodal.checkpoint import register
 from multimodal.gpt import GPT, GPTConfig
-from multimodal.gpt.lm import adamw_with_schedule
 from multimodal.lightning import ModelModule
 from multimodal.tokenizers import Tokenizer, get_tokenizer
 
@@ -143,7 +142,6 @@ class ClassifierModule(ModelModule):
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 10,
-        max_steps: int = 1000,
         min_lr_ratio: float = 0.0,
     ) -> None:
         super().__init__()
@@ -172,7 +170,6 @@ class ClassifierModule(ModelModule):
                 "weight_decay": weight_decay,
                 "betas": list(betas),
                 "warmup_steps": warmup_steps,
-                "max_steps": max_steps,
                 "min_lr_ratio": min_lr_ratio,
             }
         )
@@ -209,9 +206,7 @@ class ClassifierModule(ModelModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return adamw_with_schedule(
-            self.model, hp.lr, hp.weight_decay, tuple(hp.betas), hp.warmup_steps, hp.max_steps, hp.min_lr_ratio
-        )
+        return self.adamw_with_schedule(hp.lr, hp.weight_decay, tuple(hp.betas), hp.warmup_steps, hp.min_lr_ratio)
 
 
 # -- data -----------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 
 import torch
@@ -10,35 +9,6 @@ import torch
 from multimodal.gpt import GPT, GPTConfig, preset
 from multimodal.lightning import ModelModule
 from multimodal.tokenizers import get_tokenizer
-
-
-def adamw_with_schedule(
-    module: torch.nn.Module,
-    lr: float,
-    weight_decay: float,
-    betas: tuple[float, float],
-    warmup_steps: int,
-    max_steps: int,
-    min_lr_ratio: float = 0.1,
-):
-    """AdamW (no decay on biases, norms, embeddings' 1-D params) with linear warm-up then cosine decay
-    to ``min_lr_ratio · lr`` at ``max_steps``; the Lightning ``configure_optimizers`` dict."""
-    decay = [p for p in module.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in module.parameters() if p.requires_grad and p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr,
-        betas=betas,
-    )
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        t = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 class GPTModule(ModelModule):
@@ -61,7 +31,6 @@ class GPTModule(ModelModule):
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_steps: int = 100,
-        max_steps: int = 10000,
         min_lr_ratio: float = 0.1,
     ) -> None:
         super().__init__()
@@ -88,7 +57,6 @@ class GPTModule(ModelModule):
                 "weight_decay": weight_decay,
                 "betas": list(betas),
                 "warmup_steps": warmup_steps,
-                "max_steps": max_steps,
                 "min_lr_ratio": min_lr_ratio,
             }
         )
@@ -106,6 +74,4 @@ class GPTModule(ModelModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return adamw_with_schedule(
-            self.model, hp.lr, hp.weight_decay, tuple(hp.betas), hp.warmup_steps, hp.max_steps, hp.min_lr_ratio
-        )
+        return self.adamw_with_schedule(hp.lr, hp.weight_decay, tuple(hp.betas), hp.warmup_steps, hp.min_lr_ratio)

@@ -77,7 +77,7 @@ def train_one(
     """Train a fresh GPT for ``steps`` with the suite's ``GPTModule`` optimiser and schedule; returns
     (validation loss, seconds)."""
     torch.manual_seed(seed)
-    module = GPTModule(config, lr=lr, weight_decay=0.0, warmup_steps=max(1, steps // 20), max_steps=steps)
+    module = GPTModule(config, lr=lr, weight_decay=0.0, warmup_steps=max(1, steps // 20))
     model = module.model.to(device).train()
     opt_cfg = module.configure_optimizers()
     opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
