@@ -31,7 +31,7 @@ from tqdm import tqdm
 from data import tasks as builtin
 from data.tasks import SEPARATOR, format_example
 from multimodal.checkpoint import CheckpointError
-from multimodal.cli import fail
+from multimodal.cli import UsageError, add_precision_flag, fail, resolve_precision
 from multimodal.gpt.model import load_text_model
 from multimodal.sampling import SamplingSettings
 
@@ -294,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward when scoring choices")
     p.add_argument("--seed", type=int, default=0, help="seed for queries and examples")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
+    add_precision_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with the accuracies")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -334,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     except TaskError as e:
         return fail(str(e))
     try:
-        model = load_text_model(args.checkpoint, args.device)
-    except CheckpointError as e:
+        model = load_text_model(args.checkpoint, args.device, resolve_precision(args.precision, args.device))
+    except (CheckpointError, UsageError) as e:
         return fail(str(e))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -289,12 +289,13 @@ class GPT(nn.Module):
         return Generation(text, new, len(ids), reason, truncated)
 
 
-def load_text_model(checkpoint: str, device: str = "cpu") -> GPT:
-    """A GPT with its tokenizer, for the CLIs that read text; every failure is a one-line ``CheckpointError``."""
+def load_text_model(checkpoint: str, device: str = "cpu", dtype: torch.dtype | str | None = None) -> GPT:
+    """A GPT with its tokenizer (weights in ``dtype``, default fp32), for the CLIs that read text; every failure
+    is a one-line ``CheckpointError``."""
     from multimodal.checkpoint import CheckpointError, load_model
 
     try:
-        model = load_model(checkpoint, "gpt").to(device)
+        model = load_model(checkpoint, "gpt", dtype).to(device)
     except (RuntimeError, ValueError) as e:  # e.g. a device that does not exist
         raise CheckpointError(f"{checkpoint}: {str(e).splitlines()[0]}") from None
     if model.tokenizer is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from multimodal.checkpoint import CheckpointError
-from multimodal.cli import fail
+from multimodal.cli import UsageError, add_precision_flag, fail, resolve_precision
 from multimodal.gpt.model import load_text_model
 
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", default=None, help="score the contents of this file instead")
     p.add_argument("--checkpoint", required=True, help="export directory, Lightning .ckpt, or HF GPT-2 directory")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
+    add_precision_flag(p)
     p.add_argument("--json", action="store_true", help="one JSON object: tokens, logprobs, total, perplexity")
     p.add_argument("--tokens", action="store_true", help="also list every token's log-prob (text output)")
     return p
@@ -44,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     if not text:
         return fail("empty text: nothing to score")
     try:
-        model = load_text_model(args.checkpoint, args.device)
-    except CheckpointError as e:
+        model = load_text_model(args.checkpoint, args.device, resolve_precision(args.precision, args.device))
+    except (CheckpointError, UsageError) as e:
         return fail(str(e))
     with torch.inference_mode():
         s = model.score(text)
