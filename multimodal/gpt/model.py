@@ -165,10 +165,10 @@ class GPT(nn.Module):
         Conventions (those of lm-evaluation-harness's ``loglikelihood_rolling``): the text is preceded by the
         end-of-text token (GPT-2's document separator), so its first token is scored as the start of a document;
         no normalisation (``total_logprob`` is a sum, ``perplexity`` is per token). A text longer than the context
-        is scored in full windows of ``context_length`` tokens, every token exactly once: the first window scores
-        its ``context_length`` tokens, each later one the next ``stride`` tokens (default ``context_length``, as
-        the harness) after the ``context_length - stride`` before them; the last window is always full, so its
-        tokens see as much context as fits. A smaller ``stride`` gives every token more context, at more cost.
+        is scored in full windows of ``context_length`` inputs, every token exactly once: the first window scores
+        its ``context_length`` tokens, each later one its last ``stride`` tokens (default ``context_length``, as
+        the harness); the last window is always full, so its tokens see as much context as fits. A smaller
+        ``stride`` gives every token at least ``context_length - stride + 1`` tokens of context, at more cost.
         """
         tok = self._require_tokenizer()
         n_ctx = self.config.context_length
