@@ -353,14 +353,14 @@ DEFAULT_MODEL, DEFAULT_PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face Hub answers, asked through ``huggingface_hub`` so its endpoint (``HF_ENDPOINT``,
     mirrors), proxies and offline switches (``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``) apply."""
-    import huggingface_hub
     from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
 
     offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")  # also when set after import
-    if huggingface_hub.is_offline_mode() or (offline or "").upper() in ("1", "ON", "YES", "TRUE"):
+    if constants.HF_HUB_OFFLINE or (offline or "").upper() in ("1", "ON", "YES", "TRUE"):
         return False
     try:
-        huggingface_hub.utils.get_session().head(constants.ENDPOINT, timeout=timeout)
+        get_session().head(constants.ENDPOINT, timeout=timeout)
         return True
     except Exception:  # noqa: BLE001 - offline, DNS, proxy and TLS failures come in many types
         return False

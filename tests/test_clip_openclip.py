@@ -136,3 +136,36 @@ def test_export_back_to_open_clip_and_our_format(tmp_path):
     b = _features(back, image, ids, ours=False)
     assert (a[0] - b[0]).abs().max() < 1e-5 and (a[1] - b[1]).abs().max() < 1e-5
     assert set(to_openclip_state_dict(ours)) == set(ref.state_dict())
+
+
+def test_hub_reachability_goes_through_huggingface_hub(monkeypatch):
+    """Asked through huggingface_hub's session (its endpoint, mirrors and proxies), never with a raw socket."""
+    import socket
+
+    import huggingface_hub.utils
+
+    from clip.openclip import _hub_reachable
+
+    asked = []
+
+    class Session:
+        def head(self, url, timeout):
+            asked.append(url)
+            if "down" in url:
+                raise OSError("unreachable")
+
+    def no_socket(*args, **kwargs):
+        raise AssertionError("raw socket used")
+
+    monkeypatch.setattr(socket, "create_connection", no_socket)
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", lambda: Session())
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "https://hf-mirror.example")
+    assert _hub_reachable() and asked == ["https://hf-mirror.example"]
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "https://down.example")
+    assert not _hub_reachable()
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+        assert not _hub_reachable() and len(asked) == 2  # offline: not even asked
+        monkeypatch.delenv(var)
