@@ -8,7 +8,11 @@ GELU vs QuickGELU comes from the config (``"quick_gelu": true``, names ending in
 ``openai`` pretrained tag), never from the weights.
 
     python -m clip.openclip import --model ViT-B-32 --weights open_clip_pytorch_model.bin --out runs/vit-b-32
-    python -m clip.openclip export --checkpoint runs/vit-b-32 --out exported.safetensors
+    python -m clip.openclip export --checkpoint runs/vit-b-32 --out exported/   # open_clip's local-dir: layout
+
+An exported directory (``open_clip_config.json`` with ``model_cfg`` + ``preprocess_cfg``, and
+``open_clip_model.safetensors``) loads with ``open_clip.create_model_and_transforms("local-dir:exported")``, and
+back with ``multimodal.load("exported")`` or any ``--checkpoint``.
 
 Reading open_clip's package costs seconds of imports (it pulls in transformers); the tokenizer, the
 templates and the model configs are read straight from its files instead.
@@ -20,7 +24,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -348,12 +351,18 @@ DEFAULT_MODEL, DEFAULT_PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"
 
 # -- loading any CLIP the CLIs take ----------------------------------------------------------------
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    """Whether the Hugging Face Hub answers, asked through ``huggingface_hub`` so its endpoint (``HF_ENDPOINT``,
+    mirrors), proxies and offline switches (``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``) apply."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")  # also when set after import
+    if constants.HF_HUB_OFFLINE or (offline or "").upper() in ("1", "ON", "YES", "TRUE"):
         return False
     try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        get_session().head(constants.ENDPOINT, timeout=timeout)
         return True
-    except OSError:
+    except Exception:  # noqa: BLE001 - offline, DNS, proxy and TLS failures come in many types
         return False
 
 
@@ -414,6 +423,8 @@ def _load_fast(path: Path):
     """Our export directory without a random init (the weights are assigned onto a meta-device model)."""
     from multimodal.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 
+    if not (path / CONFIG_FILE).is_file() and (path / OPENCLIP_CONFIG_FILE).is_file():
+        return load_openclip_dir(path)
     try:
         meta = json.loads((path / CONFIG_FILE).read_text())
     except (OSError, ValueError):
@@ -468,19 +479,49 @@ def load_openclip(
     return build_from_state(config, state)
 
 
-def export_openclip(model: CLIP, path: str | Path) -> Path:
-    """Write open_clip weights (``.safetensors`` or a torch ``.bin``/``.pt``) and ``<stem>.json`` (its model config)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = to_openclip_state_dict(model)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+OPENCLIP_CONFIG_FILE = "open_clip_config.json"
+OPENCLIP_WEIGHTS_FILE = "open_clip_model.safetensors"
+# the weights open_clip's local-dir: loader looks for, in its order of preference
+_OPENCLIP_WEIGHTS = (
+    OPENCLIP_WEIGHTS_FILE,
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+)
 
-        save_file(state, str(path))
-    else:
-        torch.save(state, path)
-    path.with_suffix(".json").write_text(json.dumps(config_to_openclip(model.config), indent=2) + "\n")
-    return path
+
+def export_openclip(model: CLIP, directory: str | Path) -> Path:
+    """Our ``CLIP`` → open_clip's ``local-dir:`` layout: ``open_clip_config.json`` (``model_cfg`` and
+    ``preprocess_cfg``: mean, std, interpolation, resize_mode) and ``open_clip_model.safetensors``.
+
+    ``open_clip.create_model_and_transforms("local-dir:" + directory)`` loads it. What open_clip cannot express
+    (another model kind, a tokenizer other than CLIP's BPE) is refused with a one-line ``CheckpointError``."""
+    from safetensors.torch import save_file
+
+    if getattr(model, "kind", None) != "clip":
+        raise CheckpointError(f"a {getattr(model, 'kind', type(model).__name__)!r} model is not a CLIP")
+    model_cfg = config_to_openclip(model.config)
+    preprocess_cfg = model_cfg.pop("preprocess_cfg")
+    directory = Path(directory)
+    if directory.is_file():
+        raise CheckpointError(f"{directory}: a file; the export is a directory (open_clip's local-dir: layout)")
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.float().contiguous().cpu() for k, v in to_openclip_state_dict(model).items()}
+    save_file(state, str(directory / OPENCLIP_WEIGHTS_FILE), metadata={"format": "pt"})
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    (directory / OPENCLIP_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return directory
+
+
+def load_openclip_dir(directory: str | Path) -> CLIP:
+    """Our ``CLIP`` from an open_clip ``local-dir:`` directory (``open_clip_config.json`` + weights)."""
+    directory = Path(directory)
+    weights = next((directory / n for n in _OPENCLIP_WEIGHTS if (directory / n).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{directory}: {OPENCLIP_CONFIG_FILE} but no weights ({OPENCLIP_WEIGHTS_FILE})")
+    return load_openclip(directory / OPENCLIP_CONFIG_FILE, weights)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -491,9 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--weights", required=True, help="local .bin/.pt/.safetensors (plain or training checkpoint)")
     imp.add_argument("--out", required=True, help="export directory to write (config.json + model.safetensors)")
     imp.add_argument("--quick-gelu", action="store_true", help="weights trained with QuickGELU (OpenAI's own)")
-    exp = sub.add_parser("export", help="our checkpoint → open_clip weights file + config json")
+    exp = sub.add_parser("export", help="our checkpoint → open_clip's local-dir: layout (same as multimodal.export)")
     exp.add_argument("--checkpoint", required=True, help="our export directory or Lightning .ckpt")
-    exp.add_argument("--out", required=True, help="file to write (.safetensors, .bin or .pt)")
+    exp.add_argument("--out", required=True, help="directory to write (open_clip_config.json + weights)")
     args = p.parse_args(argv)
     try:
         if args.cmd == "import":
@@ -505,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {out} ({model.num_params() / 1e6:.1f}M parameters)")
         else:
             model = load_model(args.checkpoint, "clip")
-            print(f"wrote {export_openclip(model, args.out)}")
+            out = export_openclip(model, args.out)
+            print(f"wrote {out} (open_clip.create_model_and_transforms('local-dir:{out}'))")
     except (CheckpointError, OSError, ValueError) as e:
         return fail(e)
     return 0

@@ -24,7 +24,15 @@ from tqdm import tqdm
 from clip.model import check_labels, format_prompt
 from clip.openclip import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_clip
 from multimodal.checkpoint import SHAPES_ONLY_NOTE, CheckpointError
-from multimodal.cli import add_device_flag, add_progress_flag, fail, resolve_device, warn
+from multimodal.cli import (
+    add_device_flag,
+    add_precision_flag,
+    add_progress_flag,
+    fail,
+    resolve_device,
+    resolve_precision,
+    warn,
+)
 from multimodal.images import ImageError, expand_image_paths, preprocess
 
 
@@ -77,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="print only the N most probable labels")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     add_device_flag(p)
+    add_precision_flag(p)
     add_progress_flag(p)
     p.add_argument("--json", action="store_true", help='one line per image: {"image": PATH, "probs": {LABEL: P}}')
     return p
@@ -104,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--pretrained names open_clip's downloadable weights; with --checkpoint leave it out")
         check_templates(args.template)
         device = resolve_device(args.device)
+        dtype = resolve_precision(args.precision, device)
         paths = expand_image_paths(args.images)
         if not paths:
             raise ValueError("no images found in the given folders")
-        model = load_clip(args.checkpoint, args.model, args.pretrained).to(device).eval()
+        model = load_clip(args.checkpoint, args.model, args.pretrained).to(device, dtype).eval()
         if args.model == "shapes" or args.checkpoint == "clip":
             print(SHAPES_ONLY_NOTE, file=sys.stderr)
         with torch.inference_mode():

@@ -17,7 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from multimodal.checkpoint import SHAPES_ONLY_NOTE, CheckpointError, load_model, packaged_path
-from multimodal.cli import UsageError, add_device_flag, add_progress_flag, fail, resolve_device
+from multimodal.cli import (
+    UsageError,
+    add_device_flag,
+    add_precision_flag,
+    add_progress_flag,
+    fail,
+    resolve_device,
+    resolve_precision,
+)
 from multimodal.images import ImageError, open_image, save_png, tile
 from multimodal.sampling import SamplingSettings
 
@@ -56,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=None, help="directory for one PNG per image (NN.png)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences sampled per forward batch (default 64)")
     add_device_flag(p)
+    add_precision_flag(p)
     p.add_argument("--json", action="store_true", help="print paths and CLIP scores as JSON")
     add_progress_flag(p)
     return p
@@ -115,15 +124,16 @@ def run(args: argparse.Namespace) -> dict:
     except (ValueError, RuntimeError) as e:
         raise UsageError(str(e)) from None
     device = resolve_device(args.device)
+    dtype = resolve_precision(args.precision, device)
 
-    model = load_model(args.checkpoint, "dalle").to(device).eval()
+    model = load_model(args.checkpoint, "dalle", dtype).to(device).eval()
     if model.vae is None:
         raise UsageError(f"{args.checkpoint}: this DALL·E checkpoint carries no dVAE to decode images")
     clip = None
     if args.clip:
         from clip.openclip import load_clip
 
-        clip = load_clip(args.clip, args.clip_model).to(device).eval()
+        clip = load_clip(args.clip, args.clip_model).to(device, dtype).eval()
     image_prompt = None
     grid = model.config.image_grid
     if args.prompt_rows is not None and args.prompt_rows > grid:

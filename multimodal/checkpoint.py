@@ -43,6 +43,10 @@ KIND_MODULES = {
 _REGISTRY: dict[str, type[nn.Module]] = {}
 # Reads a Hugging Face GPT-2 directory; imported by name, like KIND_MODULES, so the core imports no head.
 HF_GPT2_MODULE = "multimodal.gpt.hf"
+# Peers' directory layouts ``load_model`` also reads: marker file -> (module, loader, kind). Imported on use, so
+# the core does not import a head; a loader takes the directory and returns the model.
+DIRECTORY_LOADERS = {"open_clip_config.json": ("clip.openclip", "load_openclip_dir", "clip")}
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # The packaged demo models (trained on the shapes world, shipped inside the package), by name.
 PACKAGED_DIR = Path(__file__).parent / "demo_models"
@@ -234,16 +238,38 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list
     return [], []
 
 
-def load_model(path: str | Path, kind: str | tuple[str, ...] | None = None) -> nn.Module:
-    """Load a model from our export directory, a Lightning ``.ckpt``, or a Hugging Face GPT-2 directory.
+def load_model(
+    path: str | Path, kind: str | tuple[str, ...] | None = None, dtype: torch.dtype | str | None = None
+) -> nn.Module:
+    """Load a model from our export directory, a Lightning ``.ckpt``, a Hugging Face GPT-2 directory or an
+    open_clip ``local-dir:`` directory (``open_clip_config.json`` + weights).
 
+    ``dtype`` (a ``torch.dtype`` or ``fp32`` | ``bf16`` | ``fp16``): the weights are kept in it; default fp32.
     Raises ``CheckpointError`` (one line) for a missing, damaged or wrong-kind checkpoint.
     """
+    model = _load_model(path, kind)
+    return model.to(dtype=to_dtype(dtype)) if dtype is not None else model
+
+
+def to_dtype(precision: torch.dtype | str) -> torch.dtype:
+    """``fp32`` | ``bf16`` | ``fp16`` (or a ``torch.dtype``) → the ``torch.dtype``."""
+    if isinstance(precision, torch.dtype):
+        return precision
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
+    return PRECISIONS[precision]
+
+
+def _load_model(path: str | Path, kind: str | tuple[str, ...] | None = None) -> nn.Module:
     path = resolve(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     if path.is_dir():
         config_path = path / CONFIG_FILE
+        for marker, (module, loader, found) in DIRECTORY_LOADERS.items():
+            if not config_path.is_file() and (path / marker).is_file():
+                _check_kind(found, kind, path)
+                return getattr(importlib.import_module(module), loader)(path)
         if not config_path.is_file():
             raise CheckpointError(f"{path}: no {CONFIG_FILE} in this directory; not a model export")
         try:

@@ -51,3 +51,36 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
 
 def add_progress_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def add_precision_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="dtype the weights are kept and run in (default fp32; bf16 / fp16 halve the memory)",
+    )
+
+
+def resolve_precision(name: str, device: str | torch.device) -> torch.dtype:
+    """The dtype of ``--precision``, or a ``UsageError`` naming it where ``device`` cannot compute in it
+    (checked with a tiny matmul, LayerNorm and attention, the operations every model here runs)."""
+    from multimodal.checkpoint import PRECISIONS
+
+    dtype = PRECISIONS[name]
+    if dtype == torch.float32:
+        return dtype
+    try:
+        device = torch.device(device if str(device) != "auto" else resolve_device("auto"))
+    except (RuntimeError, ValueError):
+        return dtype  # a bad --device is reported where the device is used
+    if device.type == "cuda" and dtype == torch.bfloat16 and torch.cuda.is_available():
+        if not torch.cuda.is_bf16_supported(including_emulation=False):
+            raise UsageError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use fp16")
+    try:
+        x = torch.ones(1, 1, 4, 8, device=device, dtype=dtype)
+        torch.nn.functional.scaled_dot_product_attention(x, x, x, is_causal=True)
+        torch.nn.functional.layer_norm(x @ x.transpose(-1, -2), (4,))
+    except (RuntimeError, TypeError, NotImplementedError) as e:
+        raise UsageError(f"--precision {name}: not supported on {device} ({str(e).splitlines()[0][:120]})") from None
+    return dtype

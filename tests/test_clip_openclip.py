@@ -9,7 +9,6 @@ from safetensors.torch import save_file
 
 from clip.openclip import (
     config_from_openclip,
-    export_openclip,
     load_openclip,
     openclip_model_config,
     to_openclip_state_dict,
@@ -119,19 +118,54 @@ def test_export_back_to_open_clip_and_our_format(tmp_path):
     # our export format round trip (nested vision/text configs rebuilt from config.json)
     again = load_model(save_export(ours, tmp_path / "export"), "clip")
     assert again.config == ours.config
-    # back to open_clip: strict load, same features
-    out = export_openclip(again, tmp_path / "exported.safetensors")
+    # back to open_clip through `python -m clip.openclip export` (open_clip's local-dir: layout): strict load
     import json
 
     from safetensors.torch import load_file
 
-    back_cfg = json.loads(out.with_suffix(".json").read_text())
-    back_cfg.pop("preprocess_cfg")
-    back = open_clip.CLIP(**back_cfg).eval()
-    back.load_state_dict(load_file(str(out)), strict=True)
+    from clip.openclip import main
+
+    assert main(["export", "--checkpoint", str(tmp_path / "export"), "--out", str(tmp_path / "exported")]) == 0
+    out = tmp_path / "exported"
+    back_cfg = json.loads((out / "open_clip_config.json").read_text())
+    back = open_clip.CLIP(**back_cfg["model_cfg"]).eval()
+    back.load_state_dict(load_file(str(out / "open_clip_model.safetensors")), strict=True)
     image = torch.randn(1, 3, 224, 224)
     ids = ClipTokenizer().batch(["exported"], 77)
     a = _features(ref, image, ids, ours=False)
     b = _features(back, image, ids, ours=False)
     assert (a[0] - b[0]).abs().max() < 1e-5 and (a[1] - b[1]).abs().max() < 1e-5
     assert set(to_openclip_state_dict(ours)) == set(ref.state_dict())
+
+
+def test_hub_reachability_goes_through_huggingface_hub(monkeypatch):
+    """Asked through huggingface_hub's session (its endpoint, mirrors and proxies), never with a raw socket."""
+    import socket
+
+    import huggingface_hub.utils
+
+    from clip.openclip import _hub_reachable
+
+    asked = []
+
+    class Session:
+        def head(self, url, timeout):
+            asked.append(url)
+            if "down" in url:
+                raise OSError("unreachable")
+
+    def no_socket(*args, **kwargs):
+        raise AssertionError("raw socket used")
+
+    monkeypatch.setattr(socket, "create_connection", no_socket)
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", lambda: Session())
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "https://hf-mirror.example")
+    assert _hub_reachable() and asked == ["https://hf-mirror.example"]
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "https://down.example")
+    assert not _hub_reachable()
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+        assert not _hub_reachable() and len(asked) == 2  # offline: not even asked
+        monkeypatch.delenv(var)

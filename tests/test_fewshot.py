@@ -101,3 +101,22 @@ def test_cli_bad_input_one_line_exit_2(case, tmp_path, capsys):
     assert main([x for kv in args.items() for x in kv] + ["--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+
+
+def test_jsonl_with_unicode_line_separators_and_every_record_scored(tmp_path, capsys):
+    # U+2028 / U+2029 / U+0085 are valid raw inside JSON strings: they must not split a record
+    records = [
+        {"context": f"line{i}\u2028sep\u2029para\x85next =>", "choices": ["yes", "no"], "answer": i % 2}
+        for i in range(130)
+    ]
+    path = tmp_path / "seps.jsonl"
+    path.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\r\n", encoding="utf-8")
+    (queries, pool) = load_tasks(str(path), None)["seps"]
+    assert len(queries) == len(pool) == 130 and queries[0]["context"] == records[0]["context"]
+    ckpt = save_export(tiny_gpt(), tmp_path / "m")
+    assert main(["--checkpoint", str(ckpt), "--tasks", str(path), "--shots", "0", "--json", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == {"seps": 130}  # all of them, not the first 100
+    assert report["conventions"]["norm"] == "token" and "add_bos_token=True" in report["conventions"]["document_start"]
+    assert main(["--checkpoint", str(ckpt), "--tasks", str(path), "--shots", "0", "--n", "7", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == {"seps": 7}

@@ -53,3 +53,27 @@ def test_hf_gpt2_directory(gpt2_dir, capsys):
     r = json.loads(capsys.readouterr().out)
     assert "".join(r["tokens"]) == "the cat sat" and r["num_tokens"] < 11  # BPE: fewer tokens than bytes
     assert r["total_logprob"] == pytest.approx(sum(r["logprobs"]), abs=1e-4)
+
+
+def test_file_keeps_crlf_and_long_text_windows(tmp_path, capsys):
+    model = tiny_gpt(context_length=16)
+    ckpt = save_export(model, tmp_path / "m")
+    (tmp_path / "crlf.txt").write_bytes(b"one\r\ntwo\r\n")
+    assert main(["--file", str(tmp_path / "crlf.txt"), "--checkpoint", str(ckpt), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["num_tokens"] == 10 and r["tokens"][3:5] == ["\r", "\n"]  # scored as written, not as LF
+    assert r["conventions"]["document_start_id"] == 256 and r["conventions"]["windows"] == 1
+    text = "the cat sat on the mat and then some more"  # 41 tokens, context 16
+    assert main([text, "--checkpoint", str(ckpt), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["num_tokens"] == 41 and r["conventions"]["windows"] == 3 and r["conventions"]["stride"] == 16
+    assert main([text, "--checkpoint", str(ckpt), "--json", "--stride", "4"]) == 0
+    small = json.loads(capsys.readouterr().out)
+    assert small["num_tokens"] == 41 and small["conventions"]["windows"] == 1 + 7  # 16, then 25 tokens 4 at a time
+    assert small["logprobs"][:16] == pytest.approx(r["logprobs"][:16], abs=1e-5)  # the first window is the same
+    # past it, a window of 16 inputs scores its last 4 tokens: the first of them sees the 13 tokens before it
+    ids = torch.tensor([[256, *text.encode()]])
+    manual = model(ids[:, 4:17]).log_softmax(-1)[0, -1, ids[0, 17]].item()
+    assert small["logprobs"][16] == pytest.approx(manual, abs=1e-4)
+    assert main([text, "--checkpoint", str(ckpt), "--stride", "17"]) == 2
+    assert "--stride" in capsys.readouterr().err

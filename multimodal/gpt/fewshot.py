@@ -31,7 +31,7 @@ from tqdm import tqdm
 from data import tasks as builtin
 from data.tasks import SEPARATOR, format_example
 from multimodal.checkpoint import CheckpointError
-from multimodal.cli import fail
+from multimodal.cli import UsageError, add_precision_flag, fail, resolve_precision
 from multimodal.gpt.model import load_text_model
 from multimodal.sampling import SamplingSettings
 
@@ -92,23 +92,26 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise TaskError(f"{path}: no such file")
     records = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TaskError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-        records.append(_check_record(obj, f"{path}:{i}"))
+    # line by line, not str.splitlines(): that also splits at U+2028, U+2029 and U+0085, valid inside JSON strings
+    with path.open(encoding="utf-8", newline="\n") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TaskError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            records.append(_check_record(obj, f"{path}:{i}"))
     if not records:
         raise TaskError(f"{path}: no records")
     return records
 
 
-def load_tasks(spec: str, n: int, seed: int = 0) -> dict[str, tuple[list[dict], list[dict]]]:
+def load_tasks(spec: str, n: int | None, seed: int = 0) -> dict[str, tuple[list[dict], list[dict]]]:
     """``spec``: comma-separated built-in names (``add2``, ``words``, ``all``…) and/or ``.jsonl`` paths →
-    ``{task: (queries, example pool)}``. Built-ins draw ``n`` held-out queries and a pool of training
-    instances; a JSONL file is its own pool (a query never serves as its own example)."""
+    ``{task: (queries, example pool)}``. Built-ins draw ``n`` held-out queries (default 100) and a pool of
+    training instances; a JSONL file is its own pool (a query never serves as its own example), every record
+    scored unless ``n`` caps it."""
     out: dict[str, tuple[list[dict], list[dict]]] = {}
     for part in (p.strip() for p in spec.split(",")):
         if not part:
@@ -279,7 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
         "arithmetic, words, all) and/or JSONL files (default all)",
     )
     p.add_argument("--shots", default="0,1,4", help="comma-separated numbers of examples k (default 0,1,4)")
-    p.add_argument("--n", type=int, default=100, help="queries per built-in task; caps a JSONL file (0 = all)")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="queries per built-in task (default 100); caps a JSONL file when given (default: every record)",
+    )
     p.add_argument(
         "--metric",
         choices=["auto", "choice", "exact"],
@@ -287,13 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="choice: log-likelihood of each choice; exact: greedy exact match; auto: exact when a record has "
         "a completion (default)",
     )
-    p.add_argument("--norm", choices=["token", "char", "none"], default="token", help="choice length normalisation")
+    p.add_argument(
+        "--norm",
+        choices=["token", "char", "none"],
+        default="token",
+        help="choice length normalisation: token (GPT-3's, default), char (lm-eval's acc_norm), none (lm-eval's acc)",
+    )
     p.add_argument("--describe", action="store_true", help="start prompts with each task's own description")
     p.add_argument("--description", default=None, help="start every prompt with this description")
     p.add_argument("--max-tokens", type=int, default=None, help="exact match: new tokens at most (default answer+1)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward when scoring choices")
     p.add_argument("--seed", type=int, default=0, help="seed for queries and examples")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
+    add_precision_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with the accuracies")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -322,7 +336,7 @@ def format_table(report: dict, shots: Sequence[int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.n < 0:
+    if args.n is not None and args.n < 0:
         return fail("--n must be >= 0")
     if args.batch_size < 1:
         return fail("--batch-size must be at least 1")
@@ -334,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     except TaskError as e:
         return fail(str(e))
     try:
-        model = load_text_model(args.checkpoint, args.device)
-    except CheckpointError as e:
+        model = load_text_model(args.checkpoint, args.device, resolve_precision(args.precision, args.device))
+    except (CheckpointError, UsageError) as e:
         return fail(str(e))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -364,6 +378,15 @@ def main(argv: list[str] | None = None) -> int:
             "n": report["n"],
             "accuracy": {t: {str(k): a for k, a in accs.items()} for t, accs in report["results"].items()},
             "prompts_cut": report["cut"],
+            "conventions": {
+                "document_start": "end-of-text token before every prompt (lm-eval: model_args add_bos_token=True)",
+                "norm": args.norm,
+                "normalisation": {
+                    "token": "mean log-prob per choice token (GPT-3)",
+                    "char": "log-prob / characters of the choice (lm-eval acc_norm)",
+                    "none": "summed log-prob (lm-eval acc)",
+                }[args.norm],
+            },
         }
         print(json.dumps(record))
     else:

@@ -14,7 +14,7 @@ import warnings
 import torch
 
 from multimodal.checkpoint import CheckpointError
-from multimodal.cli import fail
+from multimodal.cli import UsageError, add_precision_flag, fail, resolve_precision
 from multimodal.gpt.model import load_text_model
 
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not included in the output")
     p.add_argument("--num", type=int, default=1, help="number of samples (seeds seed, seed+1, …)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
+    add_precision_flag(p)
     p.add_argument("--json", action="store_true", help="one JSON object per sample on stdout")
     return p
 
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.top_k is not None and args.top_k < 0:
         return fail("--top-k must be >= 0")
     try:
-        model = load_text_model(args.checkpoint, args.device)
-    except CheckpointError as e:
+        model = load_text_model(args.checkpoint, args.device, resolve_precision(args.precision, args.device))
+    except (CheckpointError, UsageError) as e:
         return fail(str(e))
     for i in range(args.num):
         seed = None if args.seed is None else args.seed + i

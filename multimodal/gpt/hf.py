@@ -112,3 +112,145 @@ def load_hf_gpt2(directory: str | Path) -> GPT:
             raise CheckpointError(f"{directory}: {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
     model.load_state_dict({k: state[k].to(v.dtype) for k, v in own.items()})
     return model.eval()
+
+
+# -- export --------------------------------------------------------------------------------------------------
+EXPORT_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "quick_gelu": "quick_gelu"}  # transformers' ACT2FN names
+EOT_TOKEN = "<|endoftext|>"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte → printable character table (the alphabet of every byte-level BPE vocab.json)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def byte_level_vocab() -> dict[str, int]:
+    """Our byte tokenizer as a byte-level BPE with no merges: byte ``b`` is id ``b``, end-of-text is 256."""
+    vocab = {ch: b for b, ch in _bytes_to_unicode().items()}
+    vocab[EOT_TOKEN] = 256
+    return vocab
+
+
+def hf_config_of(config: GPTConfig, eot_id: int) -> dict:
+    """GPT-2 ``config.json`` for ``config``; a one-line ``CheckpointError`` naming the field GPT-2 cannot express."""
+    if config.activation not in EXPORT_ACTIVATIONS:
+        raise CheckpointError(f"activation {config.activation!r} has no GPT-2 equivalent")
+    if not config.bias:
+        # GPT-2's Conv1D layers and LayerNorms always have biases; zeros would load but train differently.
+        raise CheckpointError("bias=False: GPT-2 layers always have biases")
+    inner = int(config.width * config.mlp_ratio)
+    if inner != config.width * config.mlp_ratio:
+        raise CheckpointError(f"mlp_ratio {config.mlp_ratio}: width × mlp_ratio is not a whole number")
+    return {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": config.vocab_size,
+        "n_positions": config.context_length,
+        "n_ctx": config.context_length,
+        "n_embd": config.width,
+        "n_layer": config.layers,
+        "n_head": config.heads,
+        "n_inner": inner,
+        "activation_function": EXPORT_ACTIVATIONS[config.activation],
+        "layer_norm_epsilon": config.norm_eps,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "dtype": "float32",
+    }
+
+
+def _hf_state(model: GPT) -> dict[str, torch.Tensor]:
+    """Our state dict → GPT-2's key names (``transformer.`` prefix, Conv1D ``[in, out]``); the tied
+    ``lm_head.weight`` is left out, as ``save_pretrained`` does: ``tie_word_embeddings`` restores it."""
+    state = model.state_dict()
+    out = {f"transformer.{theirs}": state[ours] for ours, theirs in TOP_KEYS.items()}
+    for i in range(model.config.layers):
+        for ours, (theirs, transpose) in BLOCK_KEYS.items():
+            w = state[f"transformer.blocks.{i}.{ours}"]
+            out[f"transformer.h.{i}.{theirs}"] = w.t() if transpose else w
+    return {k: v.detach().float().contiguous().cpu() for k, v in out.items()}
+
+
+def _write_tokenizer(model: GPT, directory: Path) -> None:
+    """``vocab.json`` + ``merges.txt`` (and the ``tokenizer.json`` / ``tokenizer_config.json`` that
+    ``AutoTokenizer`` reads first) for the model's tokenizer, or a one-line refusal."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    tok = model.tokenizer
+    if isinstance(tok, GPT2Tokenizer):
+        tok.save(directory)
+    elif tok is not None and tok.name == "byte":
+        (directory / "vocab.json").write_text(json.dumps(byte_level_vocab(), ensure_ascii=False) + "\n")
+        # no merges: every byte stays its own token, so the ids are the UTF-8 bytes, as ours
+        (directory / "merges.txt").write_text("#version: 0.2\n")
+    elif tok is None:
+        raise CheckpointError("tokenizer: this GPT has no tokenizer files to export (vocab.json + merges.txt)")
+    else:
+        raise CheckpointError(f"tokenizer {tok.name!r}: not a byte-level BPE, so GPT-2's tokenizer cannot express it")
+    vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+    merges = [
+        tuple(line.split(" "))
+        for line in (directory / "merges.txt").read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#version")
+    ]
+    fast = HFTokenizer(models.BPE(vocab, merges))
+    fast.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    fast.decoder = decoders.ByteLevel()
+    fast.add_special_tokens([EOT_TOKEN])
+    fast.save(str(directory / "tokenizer.json"))
+    common = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN}
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "GPT2Tokenizer",
+                **common,
+                "add_prefix_space": False,
+                "add_bos_token": False,
+                "clean_up_tokenization_spaces": False,
+                "model_max_length": model.config.context_length,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    (directory / "special_tokens_map.json").write_text(json.dumps(common, indent=2) + "\n")
+
+
+def export_hf_gpt2(model: GPT, directory: str | Path) -> Path:
+    """Our ``GPT`` → a Hugging Face GPT-2 directory (``config.json``, ``model.safetensors`` with the tied
+    embedding once, ``generation_config.json``, tokenizer files) that ``AutoModelForCausalLM`` and
+    ``AutoTokenizer`` load. Whatever GPT-2 cannot express is refused with a one-line ``CheckpointError``."""
+    from safetensors.torch import save_file
+
+    if getattr(model, "kind", None) != "gpt":
+        raise CheckpointError(f"a {getattr(model, 'kind', type(model).__name__)!r} model is not a GPT language model")
+    if model.tokenizer is None:
+        raise CheckpointError("tokenizer: this GPT has no tokenizer files to export (vocab.json + merges.txt)")
+    eot = model.tokenizer.eot_id
+    config = hf_config_of(model.config, eot)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_tokenizer(model, directory)
+    save_file(_hf_state(model), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    generation = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
+    (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    return directory

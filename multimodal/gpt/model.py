@@ -159,26 +159,34 @@ class GPT(nn.Module):
         return self.tokenizer
 
     @torch.no_grad()
-    def score(self, text: str) -> dict:
+    def score(self, text: str, stride: int | None = None) -> dict:
         """Log-probability of ``text``: per token, total (nats) and perplexity.
 
-        The text is preceded by the end-of-text token (GPT-2's document separator) so its first token
-        is scored too. Texts longer than the context are scored in windows that each see the previous
-        ``context_length // 2`` tokens.
+        Conventions (those of lm-evaluation-harness's ``loglikelihood_rolling``): the text is preceded by the
+        end-of-text token (GPT-2's document separator), so its first token is scored as the start of a document;
+        no normalisation (``total_logprob`` is a sum, ``perplexity`` is per token). A text longer than the context
+        is scored in full windows of ``context_length`` inputs, every token exactly once: the first window scores
+        its ``context_length`` tokens, each later one its last ``stride`` tokens (default ``context_length``, as
+        the harness); the last window is always full, so its tokens see as much context as fits. A smaller
+        ``stride`` gives every token at least ``context_length - stride + 1`` tokens of context, at more cost.
         """
         tok = self._require_tokenizer()
-        ids = [tok.eot_id] + tok.encode(text)
-        device = self.token_embedding.weight.device
         n_ctx = self.config.context_length
-        logprobs: list[float] = []
-        start = 0  # index of the first token whose log-prob is still to be computed (minus 1)
-        while start < len(ids) - 1:
-            window_start = max(0, start - n_ctx // 2) if start else 0
-            window = ids[window_start : window_start + n_ctx]
-            lp = self.token_logprobs(torch.tensor([window], device=device))[0]
-            first = start - window_start  # lp[i] scores window[i+1]
-            logprobs.extend(lp[first:].tolist())
-            start = window_start + len(window) - 1
+        stride = n_ctx if stride is None else stride
+        if not 1 <= stride <= n_ctx:
+            raise ValueError(f"stride {stride} must be between 1 and the context length {n_ctx}")
+        ids = [tok.eot_id] + tok.encode(text)
+        n = len(ids) - 1  # tokens to score: ids[1:]
+        device = self.token_embedding.weight.device
+        scored = min(n_ctx, n)
+        logprobs = self.token_logprobs(torch.tensor([ids[: scored + 1]], device=device))[0].tolist() if n else []
+        windows = 1 if n else 0
+        while scored < n:
+            new = min(n - scored, stride)
+            end = scored + new  # window ids[end - n_ctx : end + 1]: n_ctx inputs, the last `new` targets kept
+            lp = self.token_logprobs(torch.tensor([ids[end - n_ctx : end + 1]], device=device))[0]
+            logprobs.extend(lp[-new:].tolist())
+            scored, windows = end, windows + 1
         total = float(sum(logprobs))
         tokens = [tok.decode([i]) for i in ids[1:]]
         return {
@@ -188,6 +196,9 @@ class GPT(nn.Module):
             "logprobs": logprobs,
             "total_logprob": total,
             "perplexity": math.exp(-total / max(len(logprobs), 1)),
+            "document_start_id": tok.eot_id,
+            "stride": stride,
+            "windows": windows,
         }
 
     # -- generation -----------------------------------------------------------------------------
@@ -278,12 +289,13 @@ class GPT(nn.Module):
         return Generation(text, new, len(ids), reason, truncated)
 
 
-def load_text_model(checkpoint: str, device: str = "cpu") -> GPT:
-    """A GPT with its tokenizer, for the CLIs that read text; every failure is a one-line ``CheckpointError``."""
+def load_text_model(checkpoint: str, device: str = "cpu", dtype: torch.dtype | str | None = None) -> GPT:
+    """A GPT with its tokenizer (weights in ``dtype``, default fp32), for the CLIs that read text; every failure
+    is a one-line ``CheckpointError``."""
     from multimodal.checkpoint import CheckpointError, load_model
 
     try:
-        model = load_model(checkpoint, "gpt").to(device)
+        model = load_model(checkpoint, "gpt", dtype).to(device)
     except (RuntimeError, ValueError) as e:  # e.g. a device that does not exist
         raise CheckpointError(f"{checkpoint}: {str(e).splitlines()[0]}") from None
     if model.tokenizer is None:

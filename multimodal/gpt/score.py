@@ -2,7 +2,10 @@
 
 Prints the total log-probability (nats), the log-probability of every token given the ones before it, and
 the perplexity ``exp(-total / tokens)``. The text is preceded by the end-of-text token, so its first token
-is scored as the start of a document. ``-`` reads the text from standard input; ``--file`` from a file.
+is scored as the start of a document; a text longer than the context is scored in full windows, every token
+once. Both are lm-evaluation-harness's ``loglikelihood_rolling`` conventions: its ``--model hf`` on our
+``multimodal.export --format hf`` directory gives the same totals. ``-`` reads the text from standard input;
+``--file`` from a file (bytes as they are: CRLF stays CRLF).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 import torch
 
 from multimodal.checkpoint import CheckpointError
-from multimodal.cli import fail
+from multimodal.cli import UsageError, add_precision_flag, fail, resolve_precision
 from multimodal.gpt.model import load_text_model
 
 
@@ -25,9 +28,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", default=None, help="score the contents of this file instead")
     p.add_argument("--checkpoint", required=True, help="export directory, Lightning .ckpt, or HF GPT-2 directory")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
+    add_precision_flag(p)
     p.add_argument("--json", action="store_true", help="one JSON object: tokens, logprobs, total, perplexity")
     p.add_argument("--tokens", action="store_true", help="also list every token's log-prob (text output)")
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="past the context: new tokens scored per window (default the context length, as lm-eval; smaller "
+        "gives each token more context at more cost)",
+    )
     return p
+
+
+def _read_stdin() -> str:
+    stream = getattr(sys.stdin, "buffer", None)  # bytes as they are, like --file
+    return stream.read().decode("utf-8", errors="replace") if stream is not None else sys.stdin.read()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,17 +54,20 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.file)
         if not path.is_file():
             return fail(f"{path}: no such file")
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = path.read_bytes().decode("utf-8", errors="replace")  # no newline translation: CRLF is scored
     else:
-        text = sys.stdin.read() if args.text == "-" else args.text
+        text = _read_stdin() if args.text == "-" else args.text
     if not text:
         return fail("empty text: nothing to score")
     try:
-        model = load_text_model(args.checkpoint, args.device)
-    except CheckpointError as e:
+        model = load_text_model(args.checkpoint, args.device, resolve_precision(args.precision, args.device))
+    except (CheckpointError, UsageError) as e:
         return fail(str(e))
+    n_ctx = model.config.context_length
+    if args.stride is not None and not 1 <= args.stride <= n_ctx:
+        return fail(f"--stride must be between 1 and the context length {n_ctx}")
     with torch.inference_mode():
-        s = model.score(text)
+        s = model.score(text, args.stride)
     n = len(s["logprobs"])
     if args.json:
         record = {
@@ -60,6 +79,15 @@ def main(argv: list[str] | None = None) -> int:
             "num_tokens": n,
             "perplexity": s["perplexity"],
             "bits_per_token": -s["total_logprob"] / max(n, 1) / 0.6931471805599453,
+            "conventions": {
+                "document_start": "end-of-text token before the text (scores its first token)",
+                "document_start_id": s["document_start_id"],
+                "normalisation": "none: total_logprob is a sum over tokens; perplexity is per token",
+                "context_length": n_ctx,
+                "stride": s["stride"],
+                "windows": s["windows"],
+                "lm_eval": "loglikelihood_rolling of lm_eval --model hf (default model_args) on the hf export",
+            },
         }
         print(json.dumps(record))
         return 0
