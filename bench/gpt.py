@@ -33,7 +33,7 @@ def mm_flops(n: int = 2048, reps: int = 5) -> float:
 
 def train_flops(model: GPT, batch: int, seq: int) -> float:
     """6·N·tokens for the weights (N without position table) + the attention score/value matmuls."""
-    c = model.config
+    c = model.config.backbone
     n = model.num_params(non_embedding=True)
     attn = 12 * c.layers * c.width * seq  # per token: 2 matmuls × 2 FLOPs × 3 (fwd + bwd) × seq × width
     return (6 * n + attn) * batch * seq
@@ -64,7 +64,12 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = preset("gpt2")
     hf = transformers.GPT2LMHeadModel(
-        transformers.GPT2Config(n_positions=cfg.context_length, n_embd=cfg.width, n_layer=cfg.layers, n_head=cfg.heads)
+        transformers.GPT2Config(
+            n_positions=cfg.context_length,
+            n_embd=cfg.backbone.width,
+            n_layer=cfg.backbone.layers,
+            n_head=cfg.backbone.heads,
+        )
     )
     ours = GPT(cfg)
     ours.load_state_dict(convert_hf_state(hf.state_dict(), cfg))

@@ -24,17 +24,13 @@ from multimodal import images as img
 from multimodal.checkpoint import register
 from multimodal.images import OPENAI_MEAN, OPENAI_STD, ImageSource, Preprocess
 from multimodal.tokenizers import get_tokenizer
-from multimodal.transformer import Transformer, TransformerConfig
+from multimodal.transformer import Transformer, TransformerConfig, nest_backbone
 
 
 @dataclass
 class VisionConfig:
     image_size: int = 224
     patch_size: int = 32
-    width: int = 768
-    layers: int = 12
-    heads: int = 12  # open_clip: width // head_width (head_width 64)
-    mlp_ratio: float = 4.0
     pool_type: str = "tok"  # tok (class token) | avg (mean of patch tokens)
     final_ln_after_pool: bool = False
     no_ln_pre: bool = False
@@ -43,8 +39,11 @@ class VisionConfig:
     image_std: tuple = OPENAI_STD
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"  # open_clip's: shortest (resize + centre crop) | longest (+ pad) | squash
+    # the tower's blocks (open_clip: heads = width // head_width, head_width 64)
+    backbone: TransformerConfig = field(default_factory=lambda: vision_backbone())
 
     def __post_init__(self) -> None:
+        self.backbone = TransformerConfig.coerce(self.backbone, vision_backbone())
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.pool_type not in ("tok", "avg"):
@@ -65,17 +64,15 @@ class VisionConfig:
 class TextConfig:
     context_length: int = 77
     vocab_size: int = 49408
-    width: int = 512
-    heads: int = 8
-    layers: int = 12
-    mlp_ratio: float = 4.0
     pool_type: str = "argmax"  # argmax (EOT = highest id, open_clip's default) | eos | first | last
     eos_id: int = 49407  # for pool_type "eos"
     causal: bool = True  # open_clip's ``not no_causal_mask``
     proj_bias: bool = False
     tokenizer: str = "clip"  # clip | byte (multimodal.tokenizers)
+    backbone: TransformerConfig = field(default_factory=lambda: text_backbone())
 
     def __post_init__(self) -> None:
+        self.backbone = TransformerConfig.coerce(self.backbone, text_backbone())
         if self.pool_type not in ("argmax", "eos", "first", "last"):
             raise ValueError(f"text pool_type {self.pool_type!r} (argmax, eos, first, last)")
 
@@ -85,11 +82,7 @@ class CLIPConfig:
     embed_dim: int = 512
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
-    quick_gelu: bool = False  # OpenAI's activation; part of the config, never guessed
-    norm_eps: float = 1e-5
     init_logit_scale: float = math.log(1 / 0.07)
-    dropout: float = 0.0
-    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.vision, dict):
@@ -97,17 +90,37 @@ class CLIPConfig:
         if isinstance(self.text, dict):
             self.text = _from_dict(TextConfig, self.text)
 
-    def backbone(self, tower: "VisionConfig | TextConfig") -> TransformerConfig:
-        return TransformerConfig(
-            width=tower.width,
-            layers=tower.layers,
-            heads=tower.heads,
-            mlp_ratio=tower.mlp_ratio,
-            activation="quick_gelu" if self.quick_gelu else "gelu",
-            norm_eps=self.norm_eps,
-            dropout=self.dropout,
-            grad_checkpointing=self.grad_checkpointing,
-        )
+    @property
+    def quick_gelu(self) -> bool:
+        """OpenAI's activation (open_clip's ``quick_gelu``): part of the towers' configs, never guessed."""
+        return self.vision.backbone.activation == "quick_gelu"
+
+    @staticmethod
+    def upgrade(data: dict) -> dict:
+        """Exports written before the backbones were nested: each tower's ``width``, ``layers``, ``heads``,
+        ``mlp_ratio`` beside its own fields, and ``quick_gelu``, ``norm_eps``, ``dropout``, ``grad_checkpointing``
+        once for both towers."""
+        shared = {k: data[k] for k in ("quick_gelu", "norm_eps", "dropout", "grad_checkpointing") if k in data}
+        if not shared and all("backbone" in (data.get(t) or {"backbone": 1}) for t in ("vision", "text")):
+            return data
+        out = {k: v for k, v in data.items() if k not in shared}
+        common = {"activation": "quick_gelu" if shared.pop("quick_gelu", False) else "gelu", **shared}
+        for tower, defaults in (("vision", vision_backbone()), ("text", text_backbone())):
+            part = dict(out.get(tower) or {})
+            if "backbone" not in part:
+                part = nest_backbone({**part, **common, "width": part.get("width", defaults.width)}, defaults)
+            out[tower] = part
+        return out
+
+
+def vision_backbone() -> TransformerConfig:
+    """ViT-B/32's image tower blocks (open_clip's defaults)."""
+    return TransformerConfig(width=768, layers=12, heads=12)
+
+
+def text_backbone() -> TransformerConfig:
+    """CLIP's text tower blocks (open_clip's defaults)."""
+    return TransformerConfig(width=512, layers=12, heads=8)
 
 
 @torch.no_grad()
@@ -140,17 +153,18 @@ class VisionTower(nn.Module):
         super().__init__()
         v = config.vision
         self.config = v
-        self.conv1 = nn.Conv2d(3, v.width, kernel_size=v.patch_size, stride=v.patch_size, bias=False)
-        self.class_embedding = nn.Parameter(torch.empty(v.width))
-        self.positional_embedding = nn.Parameter(torch.empty(v.grid**2 + 1, v.width))
-        self.ln_pre = nn.Identity() if v.no_ln_pre else nn.LayerNorm(v.width, eps=config.norm_eps)
-        self.transformer = Transformer(config.backbone(v))
-        self.ln_post = nn.LayerNorm(v.width, eps=config.norm_eps)
-        self.proj = nn.Parameter(torch.empty(v.width, config.embed_dim))
+        b = v.backbone
+        self.conv1 = nn.Conv2d(3, b.width, kernel_size=v.patch_size, stride=v.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.empty(b.width))
+        self.positional_embedding = nn.Parameter(torch.empty(v.grid**2 + 1, b.width))
+        self.ln_pre = nn.Identity() if v.no_ln_pre else nn.LayerNorm(b.width, eps=b.norm_eps)
+        self.transformer = Transformer(b)
+        self.ln_post = nn.LayerNorm(b.width, eps=b.norm_eps)
+        self.proj = nn.Parameter(torch.empty(b.width, config.embed_dim))
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        scale = self.config.width**-0.5
+        scale = self.config.backbone.width**-0.5
         nn.init.normal_(self.class_embedding, std=scale)
         nn.init.normal_(self.positional_embedding, std=scale)
         nn.init.normal_(self.proj, std=scale)
@@ -178,18 +192,19 @@ class TextTower(nn.Module):
         super().__init__()
         t = config.text
         self.config = t
-        self.token_embedding = nn.Embedding(t.vocab_size, t.width)
-        self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
-        self.transformer = Transformer(config.backbone(t))
-        self.ln_final = nn.LayerNorm(t.width, eps=config.norm_eps)
-        self.text_projection = nn.Parameter(torch.empty(t.width, config.embed_dim))
+        b = t.backbone
+        self.token_embedding = nn.Embedding(t.vocab_size, b.width)
+        self.positional_embedding = nn.Parameter(torch.empty(t.context_length, b.width))
+        self.transformer = Transformer(b)
+        self.ln_final = nn.LayerNorm(b.width, eps=b.norm_eps)
+        self.text_projection = nn.Parameter(torch.empty(b.width, config.embed_dim))
         self.text_projection_bias = nn.Parameter(torch.zeros(config.embed_dim)) if t.proj_bias else None
 
     @torch.no_grad()
     def init_weights(self) -> None:
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
-        nn.init.normal_(self.text_projection, std=self.config.width**-0.5)
+        nn.init.normal_(self.text_projection, std=self.config.backbone.width**-0.5)
         init_blocks(self.transformer)
 
     def pool_index(self, ids: Tensor) -> Tensor:

@@ -49,9 +49,6 @@ class CLIPModule(ModelModule):
         embed_dim: int = 512,
         vision: dict | None = None,
         text: dict | None = None,
-        quick_gelu: bool = False,
-        norm_eps: float = 1e-5,
-        grad_checkpointing: bool = False,
         lr: float = 5e-4,
         weight_decay: float = 0.2,
         betas: tuple[float, float] = (0.9, 0.98),
@@ -76,9 +73,6 @@ class CLIPModule(ModelModule):
             embed_dim=embed_dim,
             vision=dict(vision or {}),
             text=dict(text or {}),
-            quick_gelu=quick_gelu,
-            norm_eps=norm_eps,
-            grad_checkpointing=grad_checkpointing,
         )
         self.model = CLIP(config)
         if init_text_from:
@@ -177,12 +171,13 @@ def init_text_from_gpt(model: CLIP, path: str) -> list[str]:
     final norm) into ``model``'s text tower. Returns the names of the parts copied."""
     gpt = load_model(path, "gpt")
     g, t = gpt.config, model.config.text
-    if (g.width, g.layers, g.heads, g.mlp_ratio) != (t.width, t.layers, t.heads, t.mlp_ratio):
+    shape = lambda b: (b.width, b.layers, b.heads, b.mlp_ratio)  # noqa: E731
+    if shape(g.backbone) != shape(t.backbone):
         raise CheckpointError(
-            f"{path}: GPT width/layers/heads/mlp_ratio {(g.width, g.layers, g.heads, g.mlp_ratio)} differ from the "
-            f"text tower's {(t.width, t.layers, t.heads, t.mlp_ratio)}"
+            f"{path}: GPT width/layers/heads/mlp_ratio {shape(g.backbone)} differ from the "
+            f"text tower's {shape(t.backbone)}"
         )
-    if not g.bias:
+    if not g.backbone.bias:
         raise CheckpointError(f"{path}: a GPT without biases cannot initialise CLIP's text tower")
     model.text.transformer.load_state_dict(gpt.transformer.state_dict())
     copied = ["transformer"]

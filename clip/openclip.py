@@ -43,6 +43,7 @@ from multimodal.checkpoint import (
 from multimodal.cli import fail
 from multimodal.images import OPENAI_MEAN, OPENAI_STD
 from multimodal.tokenizers import openclip_dir
+from multimodal.transformer import TransformerConfig
 
 # open_clip config fields we read (everything else must be absent or at its default).
 _VISION_DEFAULTS = {
@@ -157,14 +158,19 @@ def config_from_openclip(cfg: dict, quick_gelu: bool | None = None, preprocess: 
     if len(eps) != 1:
         raise CheckpointError("different LayerNorm eps in the two towers is not supported")
     preprocess = preprocess or cfg.get("preprocess_cfg") or {}
+    quick = bool(cfg.get("quick_gelu", False)) if quick_gelu is None else quick_gelu
+    blocks = {"activation": "quick_gelu" if quick else "gelu", "norm_eps": eps.pop()}
     width = v.get("width", 768)
     vision = VisionConfig(
         image_size=image_size,
         patch_size=patch,
-        width=width,
-        layers=v.get("layers", 12),
-        heads=width // v.get("head_width", 64),
-        mlp_ratio=v.get("mlp_ratio", 4.0),
+        backbone=TransformerConfig(
+            width=width,
+            layers=v.get("layers", 12),
+            heads=width // v.get("head_width", 64),
+            mlp_ratio=v.get("mlp_ratio", 4.0),
+            **blocks,
+        ),
         pool_type=v.get("pool_type", "tok"),
         final_ln_after_pool=v.get("final_ln_after_pool", False),
         no_ln_pre=v.get("no_ln_pre", False),
@@ -178,10 +184,13 @@ def config_from_openclip(cfg: dict, quick_gelu: bool | None = None, preprocess: 
     text = TextConfig(
         context_length=t.get("context_length", 77),
         vocab_size=t.get("vocab_size", 49408),
-        width=t.get("width", 512),
-        heads=t.get("heads", 8),
-        layers=t.get("layers", 12),
-        mlp_ratio=t.get("mlp_ratio", 4.0),
+        backbone=TransformerConfig(
+            width=t.get("width", 512),
+            heads=t.get("heads", 8),
+            layers=t.get("layers", 12),
+            mlp_ratio=t.get("mlp_ratio", 4.0),
+            **blocks,
+        ),
         pool_type=t.get("pool_type", "argmax"),
         eos_id=t.get("eos_id", 49407) if t.get("pool_type") == "eos" else 49407,
         causal=not t.get("no_causal_mask", False),
@@ -190,18 +199,20 @@ def config_from_openclip(cfg: dict, quick_gelu: bool | None = None, preprocess: 
     )
     if text.vocab_size != 49408:
         raise CheckpointError(f"text vocab_size {text.vocab_size}: only CLIP's BPE tokenizer (49408) is supported")
-    return CLIPConfig(
-        embed_dim=cfg.get("embed_dim", 512),
-        vision=vision,
-        text=text,
-        quick_gelu=bool(cfg.get("quick_gelu", False)) if quick_gelu is None else quick_gelu,
-        norm_eps=eps.pop(),
-    )
+    return CLIPConfig(embed_dim=cfg.get("embed_dim", 512), vision=vision, text=text)
 
 
 def config_to_openclip(config: CLIPConfig) -> dict:
     """The open_clip model config dict of ``config`` (for ``open_clip.create_model(..., **cfg)`` or a json)."""
     v, t = config.vision, config.text
+    vb, tb = v.backbone, t.backbone
+    for f in ("activation", "norm_eps"):
+        if getattr(vb, f) != getattr(tb, f):
+            raise CheckpointError(f"backbone.{f} differs between the towers; open_clip sets it once for both")
+    if vb.activation not in ("gelu", "quick_gelu"):
+        raise CheckpointError(f"backbone.activation {vb.activation!r}: open_clip towers use gelu or quick_gelu")
+    if not (vb.bias and tb.bias):
+        raise CheckpointError("backbone.bias=False: open_clip's towers always have biases")
     if config.text.tokenizer != "clip":
         raise CheckpointError(f"open_clip models use CLIP's BPE tokenizer; this one uses {t.tokenizer!r}")
     out: dict[str, Any] = {
@@ -209,10 +220,10 @@ def config_to_openclip(config: CLIPConfig) -> dict:
         "quick_gelu": config.quick_gelu,
         "vision_cfg": {
             "image_size": v.image_size,
-            "layers": v.layers,
-            "width": v.width,
-            "head_width": v.width // v.heads,
-            "mlp_ratio": v.mlp_ratio,
+            "layers": vb.layers,
+            "width": vb.width,
+            "head_width": vb.width // vb.heads,
+            "mlp_ratio": vb.mlp_ratio,
             "patch_size": v.patch_size,
             "pool_type": v.pool_type,
             "final_ln_after_pool": v.final_ln_after_pool,
@@ -221,10 +232,10 @@ def config_to_openclip(config: CLIPConfig) -> dict:
         "text_cfg": {
             "context_length": t.context_length,
             "vocab_size": t.vocab_size,
-            "width": t.width,
-            "heads": t.heads,
-            "layers": t.layers,
-            "mlp_ratio": t.mlp_ratio,
+            "width": tb.width,
+            "heads": tb.heads,
+            "layers": tb.layers,
+            "mlp_ratio": tb.mlp_ratio,
             "pool_type": t.pool_type,
             "no_causal_mask": not t.causal,
             "proj_bias": t.proj_bias,
@@ -238,8 +249,8 @@ def config_to_openclip(config: CLIPConfig) -> dict:
     }
     if t.pool_type == "eos":
         out["text_cfg"]["eos_id"] = t.eos_id
-    if config.norm_eps != 1e-5:
-        out["vision_cfg"]["norm_kwargs"] = out["text_cfg"]["norm_kwargs"] = {"eps": config.norm_eps}
+    if vb.norm_eps != 1e-5:
+        out["vision_cfg"]["norm_kwargs"] = out["text_cfg"]["norm_kwargs"] = {"eps": vb.norm_eps}
     return out
 
 

@@ -45,7 +45,7 @@ from multimodal.checkpoint import CheckpointError, register
 from multimodal.images import ImageSource, load_image
 from multimodal.sampling import SamplingSettings, decode
 from multimodal.tokenizers import get_tokenizer
-from multimodal.transformer import Transformer, TransformerConfig
+from multimodal.transformer import Transformer, TransformerConfig, nest_backbone
 
 MASK_KINDS = ("causal", "row", "column", "conv")
 
@@ -88,16 +88,8 @@ class DALLEConfig:
     # image
     image_grid: int = 32  # h = w: code grid side (paper 32 × 32)
     image_vocab_size: int = 8192  # K: dVAE codebook size
-    # backbone
-    width: int = 512
-    layers: int = 8
-    heads: int = 8
-    mlp_ratio: float = 4.0
-    activation: str = "gelu"
-    norm_eps: float = 1e-5
-    bias: bool = True
-    dropout: float = 0.0
-    grad_checkpointing: bool = False
+    # the shared backbone's shape (width, layers, heads, activation, …)
+    backbone: TransformerConfig = field(default_factory=TransformerConfig)
     # attention per layer: "causal" | "paper" | one of MASK_KINDS | a list with one kind per layer
     attention: str | list[str] = "causal"
     conv_kernel: int = 11  # side of the convolutional mask's window (paper 11)
@@ -111,6 +103,7 @@ class DALLEConfig:
     vae: dict | None = field(default=None)
 
     def __post_init__(self) -> None:
+        self.backbone = TransformerConfig.coerce(self.backbone, TransformerConfig())
         if self.text_length < 1 or self.image_grid < 1:
             raise ValueError("text_length and image_grid must be >= 1")
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
@@ -142,20 +135,22 @@ class DALLEConfig:
         a = self.attention
         if isinstance(a, str):
             if a == "paper":
-                kinds = ["column" if (i - 2) % 4 == 0 else "row" for i in range(1, self.layers + 1)]
+                kinds = ["column" if (i - 2) % 4 == 0 else "row" for i in range(1, self.backbone.layers + 1)]
                 kinds[-1] = "conv"
                 return kinds
-            a = [a] * self.layers
+            a = [a] * self.backbone.layers
         kinds = list(a)
-        if len(kinds) != self.layers:
-            raise ValueError(f"attention lists {len(kinds)} kinds for {self.layers} layers")
+        if len(kinds) != self.backbone.layers:
+            raise ValueError(f"attention lists {len(kinds)} kinds for {self.backbone.layers} layers")
         bad = [k for k in kinds if k not in MASK_KINDS]
         if bad:
             raise ValueError(f"unknown attention kind(s) {bad}; known: paper, {', '.join(MASK_KINDS)}")
         return kinds
 
-    def backbone(self) -> TransformerConfig:
-        return TransformerConfig.of(self)
+    @staticmethod
+    def upgrade(data: dict) -> dict:
+        """Exports written before the backbone was nested (``width``, ``layers``, … beside ``text_length``)."""
+        return nest_backbone(data, TransformerConfig())
 
 
 def attention_mask(kind: str, text_length: int, grid: int, conv_kernel: int = 11) -> Tensor:
@@ -189,16 +184,17 @@ class DALLE(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.text_embedding = nn.Embedding(c.text_vocab_size + 1, c.width)  # + padding
-        self.text_position = nn.Embedding(c.text_length, c.width)
-        self.image_embedding = nn.Embedding(c.image_vocab_size, c.width)
-        self.row_position = nn.Embedding(c.image_grid, c.width)
-        self.col_position = nn.Embedding(c.image_grid, c.width)
-        self.drop = nn.Dropout(c.dropout)
-        self.transformer = Transformer(c.backbone())
-        self.ln_final = nn.LayerNorm(c.width, eps=c.norm_eps, bias=c.bias)
-        self.text_head = nn.Linear(c.width, c.text_vocab_size + 1, bias=False)
-        self.image_head = nn.Linear(c.width, c.image_vocab_size, bias=False)
+        b = c.backbone
+        self.text_embedding = nn.Embedding(c.text_vocab_size + 1, b.width)  # + padding
+        self.text_position = nn.Embedding(c.text_length, b.width)
+        self.image_embedding = nn.Embedding(c.image_vocab_size, b.width)
+        self.row_position = nn.Embedding(c.image_grid, b.width)
+        self.col_position = nn.Embedding(c.image_grid, b.width)
+        self.drop = nn.Dropout(b.dropout)
+        self.transformer = Transformer(b)
+        self.ln_final = nn.LayerNorm(b.width, eps=b.norm_eps, bias=b.bias)
+        self.text_head = nn.Linear(b.width, c.text_vocab_size + 1, bias=False)
+        self.image_head = nn.Linear(b.width, c.image_vocab_size, bias=False)
         kinds = c.layer_kinds()
         self._mask_kinds: list[str] | None = None  # None: every layer causal, SDPA's fused causal path
         if any(k != "causal" for k in kinds):
@@ -492,8 +488,9 @@ class DALLE(nn.Module):
         gc = gpt.config
         c = self.config
         for f in ("width", "layers", "heads", "mlp_ratio", "bias"):
-            if getattr(gc, f) != getattr(c, f):
-                raise CheckpointError(f"GPT {f} {getattr(gc, f)} differs from this DALL·E's {getattr(c, f)}")
+            ours, theirs = getattr(c.backbone, f), getattr(gc.backbone, f)
+            if ours != theirs:
+                raise CheckpointError(f"GPT backbone.{f} {theirs} differs from this DALL·E's {ours}")
         self.transformer.load_state_dict(gpt.transformer.state_dict())
         copied = ["transformer"]
         self.ln_final.load_state_dict(gpt.ln_final.state_dict())

@@ -61,7 +61,7 @@ class DALLEModule(ModelModule):
     ) -> None:
         super().__init__()
         if isinstance(config, dict):  # from a checkpoint's hyper-parameters
-            config = DALLEConfig(**config)
+            config = DALLEConfig(**DALLEConfig.upgrade(config))
         if init_from is not None:
             self.model = load_model(init_from, "dalle")
             self.model.train()

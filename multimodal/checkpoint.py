@@ -82,6 +82,8 @@ def config_to_dict(config: Any) -> dict:
 def config_from_dict(cls: type, data: dict) -> Any:
     """Build ``cls.config_class`` from a dict, rejecting unknown fields with a clear message."""
     config_cls = cls.config_class
+    if hasattr(config_cls, "upgrade") and isinstance(data, dict):
+        data = config_cls.upgrade(dict(data))  # older exports: one explicit conversion per head
     names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = set(data) - names
     if unknown:

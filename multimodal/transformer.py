@@ -50,11 +50,31 @@ class TransformerConfig:
         return int(self.width * self.mlp_ratio)
 
     @classmethod
-    def of(cls, config, **overrides) -> TransformerConfig:
-        """The backbone part of a head's config: its fields named like ours (width, layers, …)."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        values = {n: getattr(config, n) for n in names if hasattr(config, n)}
-        return cls(**{**values, **overrides})
+    def coerce(cls, value: TransformerConfig | dict, defaults: TransformerConfig | None = None) -> TransformerConfig:
+        """A head's ``backbone`` field as given (a config, or a dict of its fields over ``defaults``)."""
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise TypeError(f"backbone must be a TransformerConfig or a dict of its fields, got {type(value).__name__}")
+        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"backbone has no fields {unknown} (TransformerConfig: width, layers, heads, …)")
+        base = dataclasses.asdict(defaults) if defaults is not None else {}
+        return cls(**{**base, **value})
+
+
+BACKBONE_FIELDS = tuple(f.name for f in dataclasses.fields(TransformerConfig))
+
+
+def nest_backbone(data: dict, defaults: TransformerConfig | None = None) -> dict:
+    """An older head config, whose backbone fields sat beside the head's own (``width``, ``layers``, …), in
+    today's form (``{"backbone": {...}}``). The one conversion for exports written before the nesting."""
+    if "backbone" in data or not any(k in data for k in BACKBONE_FIELDS):
+        return data
+    out = {k: v for k, v in data.items() if k not in BACKBONE_FIELDS}
+    base = dataclasses.asdict(defaults) if defaults is not None else {}
+    out["backbone"] = {**base, **{k: v for k, v in data.items() if k in BACKBONE_FIELDS}}
+    return out
 
 
 class KVCache(nn.Module):

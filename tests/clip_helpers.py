@@ -15,10 +15,13 @@ from multimodal.checkpoint import save_export
 
 def tiny_config(**overrides) -> CLIPConfig:
     """A CLIP small enough to train for a few steps in a test (32×32 images, CLIP's tokenizer)."""
+    blocks = dict(width=32, layers=2, heads=2)
+    if overrides.pop("quick_gelu", False):
+        blocks["activation"] = "quick_gelu"
     kw = dict(
         embed_dim=32,
-        vision=dict(image_size=32, patch_size=8, width=32, layers=2, heads=2),
-        text=dict(context_length=32, width=32, layers=2, heads=2),
+        vision=dict(image_size=32, patch_size=8, backbone=blocks),
+        text=dict(context_length=32, backbone=blocks),
     )
     kw.update(overrides)
     return CLIPConfig(**kw)

@@ -20,7 +20,7 @@ def tiny_gpt():
     from multimodal.gpt import GPT, GPTConfig
 
     torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=257, context_length=32, width=32, layers=2, heads=4)).eval()
+    return GPT(GPTConfig(vocab_size=257, context_length=32, backbone={"width": 32, "layers": 2, "heads": 4})).eval()
 
 
 CORPUS = [

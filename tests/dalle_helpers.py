@@ -10,6 +10,7 @@ import torch
 from dalle.model import DALLE, DALLEConfig
 from dalle.vae import DiscreteVAE, VAEConfig
 from multimodal.checkpoint import save_export
+from multimodal.transformer import BACKBONE_FIELDS
 
 # 16x16 images -> 4x4 grid of 16 codes
 TINY_VAE = dict(image_size=16, codebook_size=16, downsample=4, hidden=8, blocks_per_group=1, init_channels=8)
@@ -21,19 +22,12 @@ def tiny_vae(seed: int = 0) -> DiscreteVAE:
 
 
 def tiny_config(**overrides) -> DALLEConfig:
-    kw = dict(
-        text_length=16,
-        text_vocab_size=257,
-        tokenizer="byte",
-        image_grid=4,
-        image_vocab_size=16,
-        width=32,
-        layers=4,
-        heads=4,
-        conv_kernel=3,
-    )
+    """A small DALL·E config; backbone fields (``layers=2``) may be given beside the head's own."""
+    backbone = {"width": 32, "layers": 4, "heads": 4}
+    backbone.update({k: overrides.pop(k) for k in BACKBONE_FIELDS if k in overrides})
+    kw = dict(text_length=16, text_vocab_size=257, tokenizer="byte", image_grid=4, image_vocab_size=16, conv_kernel=3)
     kw.update(overrides)
-    return DALLEConfig(**kw)
+    return DALLEConfig(**kw, backbone=backbone)
 
 
 def tiny_dalle(seed: int = 0, with_vae: bool = True, **overrides) -> DALLE:
@@ -56,9 +50,13 @@ def tiny_clip_export(directory: Path) -> Path:
     torch.manual_seed(0)
     config = CLIPConfig(
         embed_dim=16,
-        vision=VisionConfig(image_size=16, patch_size=8, width=32, layers=1, heads=4),
+        vision=VisionConfig(image_size=16, patch_size=8, backbone={"width": 32, "layers": 1, "heads": 4}),
         text=TextConfig(
-            context_length=32, vocab_size=257, width=32, heads=4, layers=1, tokenizer="byte", pool_type="last"
+            context_length=32,
+            vocab_size=257,
+            tokenizer="byte",
+            pool_type="last",
+            backbone={"width": 32, "heads": 4, "layers": 1},
         ),
     )
     return save_export(CLIP(config).eval(), directory)

@@ -10,7 +10,7 @@ def test_export_roundtrip(tiny_gpt, tmp_path):
     out = save_export(tiny_gpt, tmp_path / "m")
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     meta = json.loads((out / "config.json").read_text())
-    assert meta["kind"] == "gpt" and meta["config"]["width"] == 32
+    assert meta["kind"] == "gpt" and meta["config"]["backbone"]["width"] == 32
     ids = torch.tensor([[1, 2, 3]])
     torch.testing.assert_close(load_model(out, "gpt")(ids), tiny_gpt(ids))
 
@@ -62,3 +62,38 @@ def test_foreign_lightning_ckpt(tmp_path):
     torch.save({"state_dict": {"a": torch.ones(2)}}, path)
     with pytest.raises(CheckpointError, match="not written by this suite"):
         load_model(path)
+
+
+def flatten_backbone(config: dict) -> dict:
+    """A head config as exports wrote it before the backbone was nested."""
+    out = {k: v for k, v in config.items() if k != "backbone"}
+    return {**out, **config.get("backbone", {})}
+
+
+def test_exports_written_before_the_nesting_still_load(tiny_gpt, tmp_path):
+    from clip.model import CLIP
+    from tests.clip_helpers import tiny_model as tiny_clip
+    from tests.dalle_helpers import tiny_dalle
+
+    gpt = tiny_gpt
+    clip = tiny_clip(quick_gelu=True)
+    dalle = tiny_dalle()
+    for name, model in (("gpt", gpt), ("clip", clip), ("dalle", dalle)):
+        out = save_export(model, tmp_path / name)
+        meta = json.loads((out / "config.json").read_text())
+        config = meta["config"]
+        if name == "clip":  # towers flat, activation / eps once for both
+            shared = {"quick_gelu": True, "norm_eps": config["vision"]["backbone"]["norm_eps"]}
+            for tower in ("vision", "text"):
+                blocks = config[tower].pop("backbone")
+                config[tower].update({k: blocks[k] for k in ("width", "layers", "heads", "mlp_ratio")})
+            config.update(shared)
+        else:
+            config = flatten_backbone(config)
+        assert "backbone" not in config
+        (out / "config.json").write_text(json.dumps({**meta, "config": config}))
+        loaded = load_model(out, name)
+        assert loaded.config == model.config  # the one conversion rebuilt today's nested config
+        for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+            assert torch.equal(a, b), k
+    assert isinstance(loaded, type(dalle)) and CLIP.config_class.upgrade({"embed_dim": 8}) == {"embed_dim": 8}

@@ -55,13 +55,10 @@ def test_named_full_config_and_training_checkpoint(tmp_path):
     # By name, full ViT-B-32 geometry: the config comes from open_clip's shipped json.
     cfg = openclip_model_config("ViT-B-32-quickgelu")
     config = config_from_openclip(cfg)
-    assert (config.vision.width, config.vision.layers, config.vision.heads, config.vision.patch_size) == (
-        768,
-        12,
-        12,
-        32,
-    )
-    assert (config.text.width, config.text.heads, config.embed_dim, config.quick_gelu) == (512, 8, 512, True)
+    vb, tb = config.vision.backbone, config.text.backbone
+    assert (vb.width, vb.layers, vb.heads, config.vision.patch_size) == (768, 12, 12, 32)
+    assert (tb.width, tb.heads, config.embed_dim, config.quick_gelu) == (512, 8, 512, True)
+    assert vb.activation == tb.activation == "quick_gelu"
     # open_clip's training checkpoints: {"epoch", "state_dict": {"module.…"}}; and .safetensors files
     cfg = openclip_config("ViT-B-32", 1)
     ref = random_openclip(cfg, seed=3)

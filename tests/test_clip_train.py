@@ -15,8 +15,8 @@ from tests.clip_helpers import tiny_model
 
 TINY = dict(
     embed_dim=32,
-    vision=dict(image_size=32, patch_size=8, width=32, layers=1, heads=2),
-    text=dict(context_length=32, width=32, layers=1, heads=2),
+    vision=dict(image_size=32, patch_size=8, backbone=dict(width=32, layers=1, heads=2)),
+    text=dict(context_length=32, backbone=dict(width=32, layers=1, heads=2)),
 )
 
 
@@ -73,7 +73,11 @@ def test_text_tower_from_gpt(tmp_path):
     from multimodal.gpt import GPT, GPTConfig
 
     torch.manual_seed(0)
-    gpt = GPT(GPTConfig(vocab_size=49408, context_length=64, width=32, layers=2, heads=2, tokenizer="clip"))
+    gpt = GPT(
+        GPTConfig(
+            vocab_size=49408, context_length=64, tokenizer="clip", backbone={"width": 32, "layers": 2, "heads": 2}
+        )
+    )
     save_export(gpt, tmp_path / "gpt")
     model = tiny_model()
     copied = init_text_from_gpt(model, str(tmp_path / "gpt"))
@@ -81,6 +85,7 @@ def test_text_tower_from_gpt(tmp_path):
     assert torch.equal(model.text.transformer.blocks[1].mlp.fc.weight, gpt.transformer.blocks[1].mlp.fc.weight)
     assert torch.equal(model.text.positional_embedding, gpt.position_embedding.weight[:32])
     module = CLIPModule(
-        **{**TINY, "text": dict(context_length=32, width=32, layers=2, heads=2)}, init_text_from=str(tmp_path / "gpt")
+        **{**TINY, "text": dict(context_length=32, backbone=dict(width=32, layers=2, heads=2))},
+        init_text_from=str(tmp_path / "gpt"),
     )
     assert torch.equal(module.model.text.token_embedding.weight, gpt.token_embedding.weight)

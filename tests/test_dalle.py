@@ -114,7 +114,11 @@ def test_export_roundtrip_samples_the_same_images(tmp_path):
 def test_init_from_gpt_copies_the_backbone():
     from multimodal.gpt import GPT, GPTConfig
 
-    gpt = GPT(GPTConfig(vocab_size=257, context_length=32, width=32, layers=4, heads=4, activation="gelu"))
+    gpt = GPT(
+        GPTConfig(
+            vocab_size=257, context_length=32, backbone={"width": 32, "layers": 4, "heads": 4, "activation": "gelu"}
+        )
+    )
     model = tiny_dalle(with_vae=False, activation="gelu")
     copied = model.load_gpt(gpt)
     assert "transformer" in copied and "text_embedding" in copied

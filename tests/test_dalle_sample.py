@@ -127,7 +127,10 @@ def test_bad_input_is_one_line_and_exit_2(ckpt, tmp_path, capsys, monkeypatch, e
     bad.write_bytes(b"not an image")
     good = tmp_path / "ok.png"
     Image.new("RGB", (16, 16)).save(good)
-    gpt = save_export(GPT(GPTConfig(vocab_size=257, context_length=8, width=16, layers=1, heads=2)), tmp_path / "gpt")
+    gpt = save_export(
+        GPT(GPTConfig(vocab_size=257, context_length=8, backbone={"width": 16, "layers": 1, "heads": 2})),
+        tmp_path / "gpt",
+    )
     subs = {
         "CKPT": ckpt,
         "BAD": bad,

@@ -30,9 +30,7 @@ def tiny_models(tmp_path_factory):
             tokenizer="byte",
             image_grid=8,
             image_vocab_size=16,
-            width=32,
-            layers=2,
-            heads=4,
+            backbone={"width": 32, "layers": 2, "heads": 4},
             vae=asdict(vae.config),
         )
     )
@@ -41,9 +39,13 @@ def tiny_models(tmp_path_factory):
     clip = CLIP(
         CLIPConfig(
             embed_dim=16,
-            vision=VisionConfig(image_size=64, patch_size=16, width=32, layers=1, heads=4),
+            vision=VisionConfig(image_size=64, patch_size=16, backbone={"width": 32, "layers": 1, "heads": 4}),
             text=TextConfig(
-                context_length=32, vocab_size=257, width=32, heads=4, layers=1, tokenizer="byte", pool_type="last"
+                context_length=32,
+                vocab_size=257,
+                tokenizer="byte",
+                pool_type="last",
+                backbone={"width": 32, "heads": 4, "layers": 1},
             ),
         )
     )

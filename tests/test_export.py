@@ -23,7 +23,9 @@ def run(capsys, *argv):
 
 def tiny_gpt(seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
-    kw = dict(vocab_size=257, context_length=48, width=32, layers=2, heads=4)
+    backbone = {"width": 32, "layers": 2, "heads": 4}
+    backbone.update({k: overrides.pop(k) for k in ("activation", "bias") if k in overrides})
+    kw = dict(vocab_size=257, context_length=48, backbone=backbone)
     return GPT(GPTConfig(**{**kw, **overrides})).eval()
 
 
@@ -104,7 +106,8 @@ def test_open_clip_local_dir_features_and_preprocess(tmp_path, capsys):
     from tests.clip_helpers import shape_image, tiny_model
 
     ours = tiny_model(
-        seed=3, vision=dict(image_size=32, patch_size=8, width=32, layers=2, heads=2, resize_mode="longest")
+        seed=3,
+        vision=dict(image_size=32, patch_size=8, resize_mode="longest", backbone=dict(width=32, layers=2, heads=2)),
     )
     code, out, err = run(capsys, "--checkpoint", save_export(ours, tmp_path / "ours"), "--format", "open_clip",
                          "--out", tmp_path / "oc")  # fmt: skip
@@ -137,7 +140,9 @@ def test_open_clip_refusals(tmp_path, capsys):
     from clip.openclip import export_openclip
     from tests.clip_helpers import tiny_model
 
-    byte_clip = tiny_model(text=dict(context_length=32, width=32, layers=1, heads=2, vocab_size=257, tokenizer="byte"))
+    byte_clip = tiny_model(
+        text=dict(context_length=32, vocab_size=257, tokenizer="byte", backbone=dict(width=32, layers=1, heads=2))
+    )
     with pytest.raises(CheckpointError, match="tokenizer"):
         export_openclip(byte_clip, tmp_path / "a")
     code, out, err = run(capsys, "--checkpoint", save_export(tiny_gpt(), tmp_path / "gpt"), "--format", "open_clip",

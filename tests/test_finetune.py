@@ -21,7 +21,7 @@ from multimodal.gpt.finetune import (
 )
 from tests.fewshot_helpers import tiny_gpt
 
-TINY = GPTConfig(vocab_size=257, context_length=64, width=32, layers=2, heads=4)
+TINY = GPTConfig(vocab_size=257, context_length=64, backbone={"width": 32, "layers": 2, "heads": 4})
 
 
 def _batch(model):

@@ -61,18 +61,14 @@ def test_score_longer_than_context_uses_windows(tiny_gpt):
 
 
 def test_lm_head_tied_and_presets():
-    m = GPT(GPTConfig(vocab_size=100, context_length=8, width=16, layers=1, heads=2))
+    m = GPT(GPTConfig(vocab_size=100, context_length=8, backbone={"width": 16, "layers": 1, "heads": 2}))
     assert m.lm_head.weight.data_ptr() == m.token_embedding.weight.data_ptr()
-    assert preset("gpt3-13b").layers == 40 and preset("gpt3-small").context_length == 2048
+    assert preset("gpt3-13b").backbone.layers == 40 and preset("gpt3-small").context_length == 2048
     assert set(PRESETS) >= {"gpt2", "gpt2-medium", "gpt3-small", "gpt3-xl", "gpt3-13b"}
     # GPT-2 small has 124M parameters (with the position table)
     meta = GPT.__new__(GPT)
     del meta
     cfg = preset("gpt2")
-    n = (
-        cfg.vocab_size * cfg.width
-        + cfg.context_length * cfg.width
-        + cfg.layers * (12 * cfg.width**2 + 13 * cfg.width)
-        + 2 * cfg.width
-    )
+    w = cfg.backbone.width
+    n = cfg.vocab_size * w + cfg.context_length * w + cfg.backbone.layers * (12 * w**2 + 13 * w) + 2 * w
     assert round(n / 1e6) == 124

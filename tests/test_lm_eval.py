@@ -30,7 +30,9 @@ PAIRS = [("Q: 2+2 =", " 4"), ("cheese =>", " fromage"), ("the quick brown fox ju
 def exported(request, tmp_path_factory, gpt2_dir):
     if request.param == "byte":
         torch.manual_seed(0)
-        model = GPT(GPTConfig(vocab_size=257, context_length=CONTEXT, width=32, layers=2, heads=4)).eval()
+        model = GPT(
+            GPTConfig(vocab_size=257, context_length=CONTEXT, backbone={"width": 32, "layers": 2, "heads": 4})
+        ).eval()
     else:  # GPT-2 BPE (context 64 in the fixture)
         model = load_model(gpt2_dir)
     return model, export_hf_gpt2(model, tmp_path_factory.mktemp("lm-eval") / "hf")

@@ -52,7 +52,7 @@ class GPTClassifier(nn.Module):
         self.config = config
         self.gpt = GPT(config.gpt, tokenizer)
         self.drop = nn.Dropout(config.head_dropout)
-        self.head = nn.Linear(config.gpt.width, config.num_classes)
+        self.head = nn.Linear(config.gpt.backbone.width, config.num_classes)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 

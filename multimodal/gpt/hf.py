@@ -16,6 +16,7 @@ import torch
 from multimodal.checkpoint import CheckpointError, load_state_file
 from multimodal.gpt import GPT, GPTConfig
 from multimodal.tokenizers import GPT2Tokenizer
+from multimodal.transformer import TransformerConfig
 
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "quick_gelu": "quick_gelu"}
 # our key (per block) -> (HF key, transpose?)
@@ -51,16 +52,19 @@ def config_from_hf(hf: dict) -> GPTConfig:
         raise CheckpointError(
             "GPT-2 variants with scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported"
         )
-    return GPTConfig(
-        vocab_size=hf["vocab_size"],
-        context_length=hf.get("n_positions", hf.get("n_ctx", 1024)),
+    backbone = TransformerConfig(
         width=width,
         layers=hf["n_layer"],
         heads=hf["n_head"],
         mlp_ratio=inner / width,
         activation=ACTIVATIONS[act],
         norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+    )
+    return GPTConfig(
+        vocab_size=hf["vocab_size"],
+        context_length=hf.get("n_positions", hf.get("n_ctx", 1024)),
         tokenizer="gpt2",
+        backbone=backbone,
     )
 
 
@@ -84,7 +88,7 @@ def convert_hf_state(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[
 
     for ours, theirs in TOP_KEYS.items():
         out[ours] = take(theirs)
-    for i in range(config.layers):
+    for i in range(config.backbone.layers):
         for ours, (theirs, transpose) in BLOCK_KEYS.items():
             w = take(f"h.{i}.{theirs}")
             out[f"transformer.blocks.{i}.{ours}"] = w.t() if transpose else w
@@ -142,29 +146,31 @@ def byte_level_vocab() -> dict[str, int]:
 
 def hf_config_of(config: GPTConfig, eot_id: int) -> dict:
     """GPT-2 ``config.json`` for ``config``; a one-line ``CheckpointError`` naming the field GPT-2 cannot express."""
-    if config.activation not in EXPORT_ACTIVATIONS:
-        raise CheckpointError(f"activation {config.activation!r} has no GPT-2 equivalent")
-    if not config.bias:
+    if config.backbone.activation not in EXPORT_ACTIVATIONS:
+        raise CheckpointError(f"backbone.activation {config.backbone.activation!r} has no GPT-2 equivalent")
+    if not config.backbone.bias:
         # GPT-2's Conv1D layers and LayerNorms always have biases; zeros would load but train differently.
-        raise CheckpointError("bias=False: GPT-2 layers always have biases")
-    inner = int(config.width * config.mlp_ratio)
-    if inner != config.width * config.mlp_ratio:
-        raise CheckpointError(f"mlp_ratio {config.mlp_ratio}: width × mlp_ratio is not a whole number")
+        raise CheckpointError("backbone.bias=False: GPT-2 layers always have biases")
+    inner = int(config.backbone.width * config.backbone.mlp_ratio)
+    if inner != config.backbone.width * config.backbone.mlp_ratio:
+        raise CheckpointError(
+            f"backbone.mlp_ratio {config.backbone.mlp_ratio}: width × mlp_ratio is not a whole number"
+        )
     return {
         "model_type": "gpt2",
         "architectures": ["GPT2LMHeadModel"],
         "vocab_size": config.vocab_size,
         "n_positions": config.context_length,
         "n_ctx": config.context_length,
-        "n_embd": config.width,
-        "n_layer": config.layers,
-        "n_head": config.heads,
+        "n_embd": config.backbone.width,
+        "n_layer": config.backbone.layers,
+        "n_head": config.backbone.heads,
         "n_inner": inner,
-        "activation_function": EXPORT_ACTIVATIONS[config.activation],
-        "layer_norm_epsilon": config.norm_eps,
-        "resid_pdrop": config.dropout,
-        "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout,
+        "activation_function": EXPORT_ACTIVATIONS[config.backbone.activation],
+        "layer_norm_epsilon": config.backbone.norm_eps,
+        "resid_pdrop": config.backbone.dropout,
+        "embd_pdrop": config.backbone.dropout,
+        "attn_pdrop": config.backbone.dropout,
         "initializer_range": 0.02,
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
@@ -181,7 +187,7 @@ def _hf_state(model: GPT) -> dict[str, torch.Tensor]:
     ``lm_head.weight`` is left out, as ``save_pretrained`` does: ``tie_word_embeddings`` restores it."""
     state = model.state_dict()
     out = {f"transformer.{theirs}": state[ours] for ours, theirs in TOP_KEYS.items()}
-    for i in range(model.config.layers):
+    for i in range(model.config.backbone.layers):
         for ours, (theirs, transpose) in BLOCK_KEYS.items():
             w = state[f"transformer.blocks.{i}.{ours}"]
             out[f"transformer.h.{i}.{theirs}"] = w.t() if transpose else w

@@ -36,10 +36,9 @@ class GPTModule(ModelModule):
         super().__init__()
         config = config or GPTConfig()
         if preset_name is not None:
-            config = preset(
-                preset_name,
-                **{k: v for k, v in asdict(config).items() if k not in ("layers", "width", "heads", "context_length")},
-            )
+            # the preset sets the size (width, layers, heads, context); the rest of the config is kept
+            keep = {k: v for k, v in asdict(config).items() if k != "context_length"}
+            config = preset(preset_name, **keep)
         if init_from is not None:
             from multimodal.checkpoint import load_model
 

@@ -7,10 +7,11 @@ log-probability of a text token by token ("a language model gives the probabilit
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,26 +20,28 @@ from torch import Tensor, nn
 from multimodal.checkpoint import register
 from multimodal.sampling import SamplingSettings, decode
 from multimodal.tokenizers import GPT2Tokenizer, Tokenizer, get_tokenizer
-from multimodal.transformer import Transformer, TransformerConfig
+from multimodal.transformer import Transformer, TransformerConfig, nest_backbone
+
+
+def gpt2_backbone() -> TransformerConfig:
+    """GPT-2 small's blocks: width 768, 12 layers of 12 heads, GELU (tanh form)."""
+    return TransformerConfig(width=768, layers=12, heads=12, activation="gelu_tanh")
 
 
 @dataclass
 class GPTConfig:
     vocab_size: int = 50257
     context_length: int = 1024
-    width: int = 768
-    layers: int = 12
-    heads: int = 12
-    mlp_ratio: float = 4.0
-    activation: str = "gelu_tanh"
-    norm_eps: float = 1e-5
-    bias: bool = True
-    dropout: float = 0.0
-    grad_checkpointing: bool = False
     tokenizer: str = "byte"  # byte | clip | gpt2 (files saved beside the weights)
+    backbone: TransformerConfig = field(default_factory=gpt2_backbone)
 
-    def backbone(self) -> TransformerConfig:
-        return TransformerConfig.of(self)
+    def __post_init__(self) -> None:
+        self.backbone = TransformerConfig.coerce(self.backbone, gpt2_backbone())
+
+    @staticmethod
+    def upgrade(data: dict) -> dict:
+        """Exports written before the backbone was nested (``width``, ``layers``, … beside ``vocab_size``)."""
+        return nest_backbone(data, gpt2_backbone())
 
 
 def _size(layers: int, width: int, heads: int, context: int) -> dict:
@@ -65,7 +68,12 @@ def preset(name: str, **overrides) -> GPTConfig:
     """``GPTConfig`` of a named paper size (``gpt2``, ``gpt3-small`` … ``gpt3-13b``)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return GPTConfig(**{**PRESETS[name], **overrides})
+    size = dict(PRESETS[name])
+    context = size.pop("context_length")
+    backbone = overrides.pop("backbone", None) or {}
+    backbone = dataclasses.asdict(backbone) if isinstance(backbone, TransformerConfig) else dict(backbone)
+    backbone = TransformerConfig(**{**dataclasses.asdict(gpt2_backbone()), **backbone, **size})
+    return GPTConfig(**{"context_length": context, **overrides, "backbone": backbone})
 
 
 @dataclass
@@ -84,12 +92,13 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig, tokenizer: Tokenizer | None = None):
         super().__init__()
         self.config = config
-        self.token_embedding = nn.Embedding(config.vocab_size, config.width)
-        self.position_embedding = nn.Embedding(config.context_length, config.width)
-        self.drop = nn.Dropout(config.dropout)
-        self.transformer = Transformer(config.backbone())
-        self.ln_final = nn.LayerNorm(config.width, eps=config.norm_eps, bias=config.bias)
-        self.lm_head = nn.Linear(config.width, config.vocab_size, bias=False)
+        b = config.backbone
+        self.token_embedding = nn.Embedding(config.vocab_size, b.width)
+        self.position_embedding = nn.Embedding(config.context_length, b.width)
+        self.drop = nn.Dropout(b.dropout)
+        self.transformer = Transformer(b)
+        self.ln_final = nn.LayerNorm(b.width, eps=b.norm_eps, bias=b.bias)
+        self.lm_head = nn.Linear(b.width, config.vocab_size, bias=False)
         self.lm_head.weight = self.token_embedding.weight  # tied, as GPT-2
         self.init_weights()
         self.tokenizer = tokenizer if tokenizer is not None else self._default_tokenizer()

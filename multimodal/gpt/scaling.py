@@ -55,7 +55,7 @@ def parse_size(spec: str, context_length: int, vocab_size: int) -> tuple[str, GP
     heads = int(parts[2]) if len(parts) == 3 else max(1, width // 32)
     if width % heads:
         raise ValueError(f"size {spec!r}: width {width} is not divisible by {heads} heads")
-    return spec, GPTConfig(width=width, layers=layers, heads=heads, **common)
+    return spec, GPTConfig(**common, backbone={"width": width, "layers": layers, "heads": heads})
 
 
 def non_embedding_params(model: torch.nn.Module) -> int:
@@ -279,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(
             Run(
                 name,
-                cfg.width,
-                cfg.layers,
-                cfg.heads,
+                cfg.backbone.width,
+                cfg.backbone.layers,
+                cfg.backbone.heads,
                 n,
                 total,
                 steps * args.batch_size * args.context,
