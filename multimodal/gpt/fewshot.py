@@ -31,7 +31,7 @@ from tqdm import tqdm
 from data import tasks as builtin
 from data.tasks import SEPARATOR, format_example
 from multimodal.checkpoint import CheckpointError
-from multimodal.cli import fail
+from multimodal.cli import UsageError, add_device_flag, fail, resolve_device
 from multimodal.gpt.model import load_text_model
 from multimodal.sampling import SamplingSettings
 
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=None, help="exact match: new tokens at most (default answer+1)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward when scoring choices")
     p.add_argument("--seed", type=int, default=0, help="seed for queries and examples")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
+    add_device_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with the accuracies")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -334,9 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     except TaskError as e:
         return fail(str(e))
     try:
-        model = load_text_model(args.checkpoint, args.device)
-    except CheckpointError as e:
-        return fail(str(e))
+        model = load_text_model(args.checkpoint, resolve_device(args.device))
+    except (UsageError, CheckpointError) as e:
+        return fail(e)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.inference_mode():

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from multimodal.checkpoint import CheckpointError
-from multimodal.cli import fail
+from multimodal.cli import UsageError, add_device_flag, fail, resolve_device
 from multimodal.gpt.model import load_text_model
 
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="?", help="text to score ('-' reads standard input)")
     p.add_argument("--file", default=None, help="score the contents of this file instead")
     p.add_argument("--checkpoint", required=True, help="export directory, Lightning .ckpt, or HF GPT-2 directory")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
+    add_device_flag(p)
     p.add_argument("--json", action="store_true", help="one JSON object: tokens, logprobs, total, perplexity")
     p.add_argument("--tokens", action="store_true", help="also list every token's log-prob (text output)")
     return p
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     if not text:
         return fail("empty text: nothing to score")
     try:
-        model = load_text_model(args.checkpoint, args.device)
-    except CheckpointError as e:
-        return fail(str(e))
+        model = load_text_model(args.checkpoint, resolve_device(args.device))
+    except (UsageError, CheckpointError) as e:
+        return fail(e)
     with torch.inference_mode():
         s = model.score(text)
     n = len(s["logprobs"])
