@@ -37,7 +37,7 @@ from multimodal.checkpoint import (
     resolve,
     save_export,
 )
-from multimodal.cli import fail
+from multimodal.cli import check_writable, fail
 from multimodal.images import OPENAI_MEAN, OPENAI_STD
 from multimodal.tokenizers import openclip_dir
 
@@ -517,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
             save_export(model, out, {"source": f"open_clip {args.model}"})
             print(f"wrote {out} ({model.num_params() / 1e6:.1f}M parameters)")
         else:
+            if Path(args.out).is_dir():
+                raise CheckpointError(f"--out {args.out}: a directory; give the weights file to write")
+            check_writable(args.out)
             model = load_model(args.checkpoint, "clip")
             print(f"wrote {export_openclip(model, args.out)}")
     except (CheckpointError, OSError, ValueError) as e:

@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard-size", type=int, default=1000, help="samples per tar file")
     ap.add_argument("--overwrite", action="store_true", help="replace existing <prefix>-*.tar shards in --out")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = ap.parse_args(argv)
     if args.shard_size < 1:
         print("error: --shard-size must be positive", file=sys.stderr)
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.path_column,
                 args.caption_column,
                 args.overwrite,
+                progress=not args.no_progress,
             )
         except (FileNotFoundError, FileExistsError, ValueError, OSError, csv.Error) as e:
             print(f"error: {e}", file=sys.stderr)
