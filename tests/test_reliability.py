@@ -400,3 +400,21 @@ def test_train_ckpt_path_missing_or_carrying_code_is_one_line_and_no_run_folder(
         one_error(err, str(ckpt), needle)
         assert "this ran" not in out
     assert not root.exists()
+
+
+def test_zeroshot_transparent_background_is_black_like_the_shapes_world(tmp_path, capsys):
+    """A red circle on a transparent background whose hidden pixels are white: composited on white it is another
+    picture ("blue square 1.000" before issue 12); on black it is the shapes world's red circle."""
+    from clip.zeroshot import main
+    from data.shapes import render
+
+    rgb = render([{"shape": "circle", "color": "red", "size": "large", "position": "center"}])
+    alpha = Image.eval(rgb.convert("L"), lambda v: 255 if v > 8 else 0)
+    rgba = Image.new("RGBA", rgb.size, (255, 255, 255, 0))
+    rgba.paste(rgb, mask=alpha)
+    rgba.save(tmp_path / "circle.png")
+    assert (
+        main(["--model", "shapes", "--labels", "red circle,blue square", str(tmp_path / "circle.png"), "--json"]) == 0
+    )
+    probs = json.loads(capsys.readouterr().out)["probs"]
+    assert probs["red circle"] > 0.9, probs

@@ -197,7 +197,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     totals = {"samples": 0, "encoded": 0, "no_image": 0, "bad_image": 0}
     started = time.time()
-    bar = tqdm(desc="tokenize", unit="img", disable=args.json or not sys.stderr.isatty())
+    bar = tqdm(desc="tokenize", unit="img", disable=args.no_progress or args.json or not sys.stderr.isatty())
     damaged: list[str] = []
     messages: list[str] = []
     for shard, target in zip(shards, targets):
@@ -318,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     t.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     t.set_defaults(func=cmd_tokenize)
 
     c = sub.add_parser("convert", help="convert OpenAI's dVAE (dall_e Encoder + Decoder) to our export format")
