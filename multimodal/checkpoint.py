@@ -312,7 +312,11 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu", 
             f"{path}: refused to load: the file holds pickled Python objects, not only weights "
             f"({detail[:160]}); nothing was executed"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - bytes the unpickler trips over (IndexError, KeyError ...): one line
+        if path.is_file() and not _looks_pickled(path):
+            raise CheckpointError(
+                f"{path}: not a checkpoint (neither a PyTorch archive nor a pickle; damaged, or another format?)"
+            ) from None
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or damaged?): {msg[:200]}") from None
 
@@ -321,8 +325,10 @@ def _looks_pickled(path: Path) -> bool:
     """A ``torch.save`` zip archive, or a raw pickle (protocol 2 and up start with the PROTO opcode 0x80)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(2)
-            return zipfile.is_zipfile(f) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+            head = f.read(4)
+            if head == b"PK\x03\x04":  # a zip archive's first local header: torch.save's format, maybe cut short
+                return True
+            return zipfile.is_zipfile(f) or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
     except OSError:
         return False
 
