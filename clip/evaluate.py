@@ -93,14 +93,42 @@ def resolve_shards(spec: list[str]) -> list[str]:
     return urls
 
 
+class DamagedShard(Exception):
+    """A shard whose stream broke off; the message names it."""
+
+
 def shard_samples(urls: list[str], limit: int | None):
-    """Yield ``(key, PIL image | ImageError, caption | None, meta dict, cls | None)`` from webdataset shards."""
+    """Yield ``(key, PIL image | ImageError | DamagedShard, caption | None, meta dict, cls | None)`` from webdataset
+    shards. A damaged shard (cut short, corrupt) is yielded once as a ``DamagedShard`` (its samples before the
+    damage are yielded as usual) and reading goes on with the next shard."""
     import webdataset as wds
 
-    ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node, empty_check=False)
-    for n, sample in enumerate(ds):
+    from data.shards import tar_damage
+
+    broken: list[DamagedShard] = []
+
+    def handler(exn: Exception) -> bool:
+        url = next((a for a in reversed(exn.args) if isinstance(a, str) and a != str(exn.args[0])), "a shard")
+        broken.append(DamagedShard(f"{url}: damaged shard ({str(exn.args[0] if exn.args else exn)[:120]}); skipped"))
+        return True
+
+    def damage(url: str | None) -> DamagedShard | None:
+        why = tar_damage(url) if url is not None and "://" not in url and not url.startswith("pipe:") else None
+        return DamagedShard(f"{url}: {why}; its remaining samples are lost") if why else None
+
+    ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node, empty_check=False, handler=handler)
+    url = None
+    n = 0
+    for sample in ds:
+        while broken:
+            yield "?", broken.pop(0), None, {}, None
+        if sample.get("__url__") != url:
+            if (d := damage(url)) is not None:
+                yield "?", d, None, {}, None
+            url = sample.get("__url__")
         if limit is not None and n >= limit:
             return
+        n += 1
         key = sample.get("__key__", "?")
         ext = next((e for e in ("png", "jpg", "jpeg", "webp") if e in sample), None)
         image: Image.Image | ImageError
@@ -116,8 +144,15 @@ def shard_samples(urls: list[str], limit: int | None):
             meta = json.loads(sample["json"]) if "json" in sample else {}
         except ValueError:
             meta = {}
-        cls = int(sample["cls"].decode().strip()) if "cls" in sample else None
+        try:
+            cls = int(sample["cls"].decode().strip()) if "cls" in sample else None
+        except (ValueError, UnicodeDecodeError):
+            cls = None
         yield key, image, caption, meta, cls
+    while broken:
+        yield "?", broken.pop(0), None, {}, None
+    if (d := damage(url)) is not None:
+        yield "?", d, None, {}, None
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -156,7 +191,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     for _key, image, caption, meta, cls in tqdm(
         shard_samples(urls, args.limit), desc="samples", unit="img", file=sys.stderr, disable=args.quiet
     ):
-        if isinstance(image, ImageError):
+        if isinstance(image, (ImageError, DamagedShard)):
             warn(image)
             result["errors"] += 1
             continue

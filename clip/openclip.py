@@ -40,7 +40,7 @@ from multimodal.checkpoint import (
     resolve,
     save_export,
 )
-from multimodal.cli import fail
+from multimodal.cli import check_writable, fail
 from multimodal.images import OPENAI_MEAN, OPENAI_STD
 from multimodal.tokenizers import openclip_dir
 from multimodal.transformer import TransformerConfig
@@ -440,13 +440,26 @@ def _load_fast(path: Path):
         meta = json.loads((path / CONFIG_FILE).read_text())
     except (OSError, ValueError):
         return load_model(path, "clip")  # lets checkpoint.py word the error
-    if meta.get("kind") != "clip" or not (path / WEIGHTS_FILE).is_file():
+    if not isinstance(meta, dict) or meta.get("kind") != "clip" or not (path / WEIGHTS_FILE).is_file():
         return load_model(path, "clip")
-    from multimodal.checkpoint import config_from_dict
+    from multimodal.checkpoint import config_from_dict, describe_mismatch
 
+    if not isinstance(meta.get("config", {}), dict):
+        return load_model(path, "clip")  # lets checkpoint.py word the error
     try:
         config = config_from_dict(CLIP, meta.get("config", {}))
-        return build_from_state(config, load_state_file(path / WEIGHTS_FILE))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    state = load_state_file(path / WEIGHTS_FILE)
+    try:
+        with torch.device("meta"):
+            mismatch = describe_mismatch(CLIP(config).state_dict(), state)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: cannot build the 'clip' model from its config: {str(e)[:160]}") from None
+    if mismatch:
+        raise CheckpointError(f"{path}: weights do not match its config ({mismatch})")
+    try:
+        return build_from_state(config, state)
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"{path}: weights do not match its config ({str(e).splitlines()[0][:160]})") from None
 
@@ -556,6 +569,9 @@ def main(argv: list[str] | None = None) -> int:
             save_export(model, out, {"source": f"open_clip {args.model}"})
             print(f"wrote {out} ({model.num_params() / 1e6:.1f}M parameters)")
         else:
+            if Path(args.out).is_dir():
+                raise CheckpointError(f"--out {args.out}: a directory; give the weights file to write")
+            check_writable(args.out)
             model = load_model(args.checkpoint, "clip")
             out = export_openclip(model, args.out)
             print(f"wrote {out} (open_clip.create_model_and_transforms('local-dir:{out}'))")

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 
 from multimodal.checkpoint import CheckpointError, load_model
-from multimodal.cli import UsageError, add_device_flag, add_progress_flag, fail, resolve_device
+from multimodal.cli import UsageError, add_device_flag, add_progress_flag, check_finite, fail, resolve_device
 from multimodal.sampling import SamplingSettings
 
 
@@ -146,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.prompts < 1 or args.candidates < 1:
             raise UsageError("--prompts and --candidates must be >= 1")
+        check_finite("--guidance", args.guidance)
         from data.judge import Judge
 
         if args.vae:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -22,6 +21,8 @@ from multimodal.cli import (
     add_device_flag,
     add_precision_flag,
     add_progress_flag,
+    check_finite,
+    check_writable,
     fail,
     resolve_device,
     resolve_precision,
@@ -85,15 +86,6 @@ def use_demo_models(args: argparse.Namespace, root: Path | None = None) -> None:
     print(SHAPES_ONLY_NOTE, file=sys.stderr)
 
 
-def check_writable(path: Path) -> None:
-    """Refuse an output location that cannot be written before any sampling starts."""
-    folder = path if path.is_dir() else path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"{path}: cannot write there (permission denied or read-only)")
-
-
 def run(args: argparse.Namespace) -> dict:
     if args.checkpoint is None:
         use_demo_models(args)
@@ -119,6 +111,7 @@ def run(args: argparse.Namespace) -> dict:
     for target in (out, Path(args.out_dir) if args.out_dir else None):
         if target is not None:
             check_writable(target)
+    check_finite("--guidance", args.guidance)
     try:
         settings = SamplingSettings(args.temperature, args.top_k, args.top_p, args.seed)
     except (ValueError, RuntimeError) as e:

@@ -22,7 +22,6 @@ counted: ``dm.skipped`` (shared with the workers).
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import logging
@@ -40,6 +39,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
+
+from multimodal.images import ImageError, open_image
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +130,18 @@ def rank_info() -> tuple[int, int]:
 class Decoder:
     """Turns a raw webdataset sample into ``(image tensor, caption, meta, key)`` or ``None`` (skipped)."""
 
-    def __init__(self, image_size: int, normalize: str, augment: bool, counter: Any) -> None:
+    def __init__(self, image_size: int, normalize: str, augment: bool, counter: Any, shard_counter: Any = None) -> None:
         if normalize not in NORMALIZE:
             raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
         self.image_size, self.normalize, self.augment, self.counter = image_size, normalize, augment, counter
+        self.shard_counter = shard_counter
+
+    def damaged_shard(self, url: str, why: str) -> None:
+        """A shard whose stream broke off: named, counted (its lost samples cannot be counted)."""
+        if self.shard_counter is not None:
+            with self.shard_counter.get_lock():
+                self.shard_counter.value += 1
+        warnings.warn(f"damaged shard {url}: {why}; its remaining samples are lost", stacklevel=3)
 
     def skip(self, why: str) -> None:
         if self.counter is not None:
@@ -151,11 +160,14 @@ class Decoder:
             return self.skip(f"{url}:{key} has no caption")
         try:
             caption = sample[txt_ext].decode("utf-8").strip()
-            with Image.open(io.BytesIO(sample[img_ext])) as im:
-                im.load()  # a truncated file fails here, not later in a worker's collate
-                image = im.convert("RGB")
-        except (OSError, ValueError, UnicodeDecodeError, Image.DecompressionBombError) as e:
-            return self.skip(f"{url}:{key}: {type(e).__name__}: {str(e)[:120]}")
+        except UnicodeDecodeError:
+            return self.skip(f"{url}:{key}.{txt_ext}: caption is not UTF-8 text")
+        try:
+            # the suite's one image reader: EXIF orientation, alpha on black, one pixel limit; a truncated file
+            # fails here, not later in a worker's collate
+            image = open_image(sample[img_ext], name=f"{url}:{key}.{img_ext}")
+        except ImageError as e:
+            return self.skip(str(e))
         meta = {}
         if "json" in sample:
             try:
@@ -275,13 +287,32 @@ class ShardStream(IterableDataset):
                 workersplitter=wds.split_by_worker,
                 empty_check=False,
             )
+        url = None
         for i, s in enumerate(ds):
+            if s.get("__url__") != url:
+                self._check_shard(url)
+                url = s.get("__url__")
             if self.sample_split and i % slots != slot:
                 continue
             yield s
+        self._check_shard(url)
+
+    def _check_shard(self, url: str | None) -> None:
+        # a streamed tar that is cut short just ends: look at the shard that ended for damage
+        from data.shards import tar_damage
+
+        why = tar_damage(url) if url is not None and "://" not in url and not url.startswith("pipe:") else None
+        if why is not None:
+            self.decoder.damaged_shard(url, why)
 
     def _handler(self, exn: Exception) -> bool:
-        self.decoder.skip(f"damaged shard data: {type(exn).__name__}: {str(exn)[:160]}")
+        # webdataset appends the shard's url to the exception's args where it knows it
+        url = next((a for a in reversed(exn.args) if isinstance(a, str) and a != str(exn.args[0])), None)
+        msg = str(exn.args[0] if exn.args else exn)[:160] or type(exn).__name__
+        if url is not None:
+            self.decoder.damaged_shard(url, f"{type(exn).__name__}: {msg}")
+        else:
+            self.decoder.skip(f"damaged shard data: {type(exn).__name__}: {msg}")
         return True  # keep going
 
     def _raw(self) -> Iterator[dict]:
@@ -392,6 +423,7 @@ class ImageTextDataModule(L.LightningDataModule):
         self.resampled, self.shuffle_buffer, self.seed = resampled, shuffle_buffer, seed
         self.samples = {"train": train_samples, "val": val_samples, "test": test_samples}
         self._counter = None
+        self._shard_counter = None
 
     # -- skipped-sample counter, shared with DataLoader workers
     @property
@@ -399,6 +431,17 @@ class ImageTextDataModule(L.LightningDataModule):
         if self._counter is None:
             self._counter = mp.Value("l", 0)
         return self._counter
+
+    @property
+    def shard_counter(self) -> Any:
+        if self._shard_counter is None:
+            self._shard_counter = mp.Value("l", 0)
+        return self._shard_counter
+
+    @property
+    def damaged_shards(self) -> int:
+        """Shards whose stream broke off (truncated, corrupt), each named in a warning, all workers."""
+        return int(self.shard_counter.value) if self._shard_counter is not None else 0
 
     @property
     def skipped(self) -> int:
@@ -440,7 +483,7 @@ class ImageTextDataModule(L.LightningDataModule):
             length = per_worker * max(1, workers)
             # repeating makes every worker (hence every rank) yield exactly per_worker batches
             repeat = True
-        decoder = Decoder(self.image_size, self.normalize, self.augment and train, self.counter)
+        decoder = Decoder(self.image_size, self.normalize, self.augment and train, self.counter, self.shard_counter)
         stream = ShardStream(
             urls,
             decoder,
@@ -480,8 +523,13 @@ class ImageTextDataModule(L.LightningDataModule):
         return self.loader("test")
 
     def teardown(self, stage: str) -> None:
-        if self.skipped:
-            log.warning("skipped %d corrupt or incomplete samples", self.skipped)
+        if self.skipped or self.damaged_shards:
+            log.warning(
+                "skipped %d corrupt or incomplete samples; %d damaged shards (named above) lost their remaining "
+                "samples",
+                self.skipped,
+                self.damaged_shards,
+            )
 
 
 class ShapesDataModule(ImageTextDataModule):

@@ -18,7 +18,6 @@ import argparse
 import itertools
 import json
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +29,11 @@ from torch import Tensor, nn
 
 from data.shapes import COLORS, POSITIONS, SHAPES, SIZES, parse_caption, relation
 from multimodal.checkpoint import CheckpointError, load_model, register
-from multimodal.cli import fail
+from multimodal.cli import UsageError, add_device_flag, fail, resolve_device, warn
+from multimodal.images import ImageError, is_image_path, open_image
 from multimodal.lightning import ModelModule
 
 ATTRIBUTES = ("shape", "color", "size", "position")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
 
 
 @dataclass
@@ -317,68 +316,82 @@ class JudgeModule(ModelModule):
 # CLI
 
 
-def read_folder(directory: Path) -> tuple[list[Image.Image], list[str], list[str], int]:
-    """Images with a sidecar prompt (``x.png`` + ``x.txt``); unreadable ones are skipped and counted."""
-    images, prompts, names, skipped = [], [], [], 0
+def read_folder(directory: Path) -> tuple[list[Image.Image], list[str], list[str], int, int]:
+    """Images with a sidecar prompt (``x.png`` + ``x.txt``), opened by ``multimodal.images`` (EXIF orientation,
+    alpha on black, the suite's one pixel limit). Returns ``(images, prompts, names, skipped, unreadable)``:
+    an image without a prompt file is skipped with a ``warning:`` line; an image or prompt that cannot be read
+    (damaged, too large, prompt not UTF-8) gets an ``error:`` line and is counted in ``unreadable``."""
+    images, prompts, names, skipped, unreadable = [], [], [], 0, 0
     for p in sorted(directory.iterdir()):
-        if p.suffix.lower() not in IMAGE_EXTS:
+        if not p.is_file() or not is_image_path(p):
             continue
         txt = p.with_suffix(".txt")
         if not txt.is_file():
-            warnings.warn(f"{p.name}: no prompt file {txt.name}; skipped", stacklevel=2)
+            print(f"warning: {p.name}: no prompt file {txt.name}; skipped", file=sys.stderr)
             skipped += 1
             continue
         try:
-            with Image.open(p) as im:
-                im.load()
-                images.append(im.convert("RGB"))
-            prompts.append(txt.read_text(encoding="utf-8").strip())
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            warnings.warn(f"{p.name}: unreadable ({type(e).__name__}); skipped", stacklevel=2)
-            skipped += 1
+            prompt = txt.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError as e:
+            warn(f"{txt}: not UTF-8 text (byte {e.start}); {p.name} skipped")
+            unreadable += 1
             continue
+        except OSError as e:
+            warn(f"{txt}: cannot read ({e.strerror or type(e).__name__}); {p.name} skipped")
+            unreadable += 1
+            continue
+        try:
+            image = open_image(p)
+        except ImageError as e:
+            warn(e)
+            unreadable += 1
+            continue
+        images.append(image)
+        prompts.append(prompt)
         names.append(p.name)
-    return images, prompts, names, skipped
+    return images, prompts, names, skipped, unreadable
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m data.judge",
         description="Score images of the shapes world against their prompts (x.png + x.txt) with the attribute judge.",
+        epilog="Exit code 0 when every image with a prompt was scored, 1 when some could not be read (each gets an "
+        "error line; the others are still scored), 2 for bad flags, a bad checkpoint or no scorable image.",
     )
     ap.add_argument("directory", help="folder of images with sidecar .txt prompts")
     ap.add_argument("--checkpoint", required=True, help="judge export directory or Lightning .ckpt")
     ap.add_argument("--json", action="store_true", help="print the full result as JSON (with per-image details)")
-    ap.add_argument("--device", default="cpu")
+    add_device_flag(ap)
     args = ap.parse_args(argv)
     directory = Path(args.directory)
+    if not directory.exists():
+        return fail(f"{directory}: no such directory")
     if not directory.is_dir():
-        print(f"error: {directory}: no such directory", file=sys.stderr)
-        return 2
+        return fail(f"{directory}: not a directory (pass the folder holding the images and their .txt prompts)")
     try:
-        judge = Judge.from_checkpoint(args.checkpoint, args.device)
-    except CheckpointError as e:
+        judge = Judge.from_checkpoint(args.checkpoint, resolve_device(args.device))
+    except (UsageError, CheckpointError) as e:
         return fail(e)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        images, prompts, names, skipped = read_folder(directory)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+    images, prompts, names, skipped, unreadable = read_folder(directory)
     if not images:
-        print(f"error: {directory}: no images with a .txt prompt found", file=sys.stderr)
-        return 2
+        return fail(f"{directory}: no readable images with a .txt prompt found")
     result = judge.score(images, prompts)
     for name, row in zip([n for n, p in zip(names, prompts) if parse_caption(p)], result["per_image"]):
         row["file"] = name
     result["skipped"] = skipped
+    result["unreadable"] = unreadable
     if args.json:
         print(json.dumps(result, indent=2))
-        return 0
-    print(f"{result['images']} images scored ({skipped} skipped, {result['unparsed']} prompts not understood)")
-    for a, v in result["accuracy"].items():
-        if v is not None:
-            print(f"  {a:9s} {v:7.2%}  ({result['counts'][a]} requested)")
-    return 0
+    else:
+        print(
+            f"{result['images']} images scored ({skipped} without a prompt skipped, {unreadable} unreadable, "
+            f"{result['unparsed']} prompts not understood)"
+        )
+        for a, v in result["accuracy"].items():
+            if v is not None:
+                print(f"  {a:9s} {v:7.2%}  ({result['counts'][a]} requested)")
+    return 1 if unreadable else 0
 
 
 if __name__ == "__main__":

@@ -401,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-size", type=int, default=1000, help="samples per tar file (default 1000)")
     p.add_argument("--overwrite", action="store_true", help="replace existing shards of this split in --out")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = p.parse_args(argv)
     try:
         summary = write_shards(
@@ -412,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             args.objects,
             args.shard_size,
             overwrite=args.overwrite,
+            progress=not args.no_progress,
         )
     except (ValueError, FileExistsError, OSError) as e:
         from multimodal.cli import fail  # here, so rendering shards does not import torch

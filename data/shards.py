@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import re
 import sys
@@ -22,9 +21,38 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from PIL import Image
+from multimodal.images import ImageError, image_format
 
 IMAGE_EXTS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}
+
+
+def tar_damage(path: str | Path) -> str | None:
+    """Why the local, uncompressed tar shard ``path`` is damaged (cut short, corrupt header, unreadable), or
+    ``None`` when every member is whole and the end-of-archive marker is there (other files: ``None``, unchecked).
+    Reads only the member headers (a seek per member), cheap beside reading the shard.
+
+    Readers stream shards, and a stream that stops early looks like a short shard: this names the shard whose
+    remaining samples were lost."""
+    import tarfile
+
+    path = Path(path)
+    if path.suffix != ".tar" or not path.is_file():
+        return None
+    members = 0
+    try:
+        size = path.stat().st_size
+        with tarfile.open(path, "r:") as tf:  # not the stream mode, which stops silently at a cut
+            while (info := tf.next()) is not None:
+                members += 1
+                if info.offset_data + info.size > size:
+                    raise tarfile.ReadError(f"member {info.name} cut short")
+            tf.fileobj.seek(tf.offset)
+            if len(tf.fileobj.read(tarfile.BLOCKSIZE)) < tarfile.BLOCKSIZE:  # a whole tar ends in zero blocks
+                raise tarfile.ReadError("no end-of-archive marker: the file was cut short")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        where = f"after {members} whole members" if members else "at its start"
+        return f"damaged or truncated {where}: {str(e).splitlines()[0][:80] or type(e).__name__}"
+    return None
 
 
 def _sidecar_items(src: Path) -> Iterator[tuple[Path, str | None, dict]]:
@@ -60,14 +88,13 @@ def _table_items(src: Path, table: Path, path_col: str, caption_col: str) -> Ite
         yield (p if p.is_absolute() else src / p), (str(cap).strip() if cap is not None else None), extra
 
 
-def _check_image(data: bytes) -> str:
-    """The member extension for valid image bytes; raises for anything PIL cannot fully decode."""
-    with Image.open(io.BytesIO(data)) as im:
-        fmt = (im.format or "").lower()
-        im.load()
+def _check_image(data: bytes, name: str) -> str:
+    """The member extension for valid image bytes; raises ``ImageError`` for anything that does not fully decode
+    or is over the suite's one pixel limit (``multimodal.images``)."""
+    fmt = image_format(data, name)
     ext = {"jpeg": "jpg", "png": "png", "webp": "webp"}.get(fmt)
     if ext is None:
-        raise ValueError(f"unsupported image format {fmt or '?'}")
+        raise ImageError(f"{name}: unsupported image format {fmt or '?'} (png, jpeg or webp)")
     return ext
 
 
@@ -115,9 +142,12 @@ def write_folder(
                 continue
             try:
                 data = path.read_bytes()
-                ext = _check_image(data)
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
-                skip(path, f"unreadable image ({type(e).__name__})")
+                ext = _check_image(data, str(path))
+            except ImageError as e:
+                skip(path, str(e).removeprefix(f"{path}: "))
+                continue
+            except OSError as e:
+                skip(path, f"unreadable file ({e.strerror or type(e).__name__})")
                 continue
             try:
                 source = str(path.relative_to(src))
@@ -163,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard-size", type=int, default=1000, help="samples per tar file")
     ap.add_argument("--overwrite", action="store_true", help="replace existing <prefix>-*.tar shards in --out")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = ap.parse_args(argv)
     if args.shard_size < 1:
         print("error: --shard-size must be positive", file=sys.stderr)
@@ -179,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.path_column,
                 args.caption_column,
                 args.overwrite,
+                progress=not args.no_progress,
             )
         except (FileNotFoundError, FileExistsError, ValueError, OSError, csv.Error) as e:
             print(f"error: {e}", file=sys.stderr)

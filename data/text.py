@@ -19,7 +19,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from multimodal.tokenizers import Tokenizer, get_tokenizer
 
@@ -126,6 +126,29 @@ class ShardTextStream(IterableDataset):
                 buf = buf[self.length :]
 
 
+class ResumableShuffle(Sampler[int]):
+    """A shuffle that is a function of ``(seed, epoch)`` only and can start an epoch part-way: a training resumed
+    from a mid-epoch checkpoint sees exactly the batches the uninterrupted run would have seen next.
+
+    Lightning calls ``set_epoch`` at each epoch start; ``TextDataModule.train_dataloader`` sets ``epoch`` and
+    ``start`` (samples to skip in that epoch) from the trainer's restored step count."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size, self.seed, self.epoch, self.start = size, seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        start, self.start = self.start, 0  # only the first pass after a resume starts part-way
+        return iter(order[start:])
+
+
 class TextDataModule(L.LightningDataModule):
     """Packed text for next-token prediction; batches are ``[B, context_length + 1]`` token ids.
 
@@ -188,6 +211,16 @@ class TextDataModule(L.LightningDataModule):
 
             loader = wds.WebLoader(ds, batch_size=hp.batch_size, num_workers=hp.num_workers)
             return loader.repeat(2).with_epoch(n_batches)  # repeat: a short shard list still fills the epoch
+        trainer = self.trainer
+        if shuffle and (trainer is None or trainer.world_size == 1):
+            sampler = ResumableShuffle(len(ds), hp.seed)
+            if trainer is not None and trainer.global_step:
+                # resuming: this epoch and the batches of it already trained on, from the restored step count
+                per_epoch = max(1, len(ds) // hp.batch_size)
+                sampler.epoch, done = divmod(trainer.global_step * trainer.accumulate_grad_batches, per_epoch)
+                sampler.start = done * hp.batch_size
+            return DataLoader(ds, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers, drop_last=True)
+        # several processes: Lightning puts a DistributedSampler in (a resume restarts its epoch)
         return DataLoader(ds, batch_size=hp.batch_size, shuffle=shuffle, num_workers=hp.num_workers, drop_last=shuffle)
 
     def train_dataloader(self) -> DataLoader:

@@ -13,7 +13,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
+import os
 import pickle
+import re
+import tempfile
+import types
+import typing
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -79,28 +85,125 @@ def config_to_dict(config: Any) -> dict:
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
 
 
-def config_from_dict(cls: type, data: dict) -> Any:
-    """Build ``cls.config_class`` from a dict, rejecting unknown fields with a clear message."""
-    config_cls = cls.config_class
+def config_from_dict(cls: type, data: Any) -> Any:
+    """Build ``cls.config_class`` from a dict (``config.json``'s ``"config"``), checked field by field.
+
+    Every field's value is checked against its annotation (``int``, ``float``, ``bool``, ``str``, ``X | None``,
+    ``Literal``, ``list[X]``, ``tuple``, ``dict``, nested dataclasses, recursively), numbers are finite and
+    counts not negative; the first problem is a one-line ``CheckpointError`` naming the field
+    (``config.text.width: expected int, got str 'four'``)."""
+    return _dataclass_from(cls.config_class, data, "config")
+
+
+def _dataclass_from(config_cls: type, data: Any, where: str) -> Any:
+    if isinstance(data, config_cls):
+        return data
     if hasattr(config_cls, "upgrade") and isinstance(data, dict):
         data = config_cls.upgrade(dict(data))  # older exports: one explicit conversion per head
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = set(data) - names
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{where}: expected an object with the fields of {config_cls.__name__}, got {_describe(data)}"
+        )
+    fields = dataclasses.fields(config_cls)
+    unknown = [k for k in data if k not in {f.name for f in fields}]
     if unknown:
-        raise CheckpointError(f"config has fields {sorted(unknown)} unknown to {config_cls.__name__}")
-    kwargs = {}
-    for f in dataclasses.fields(config_cls):
-        if f.name not in data:
-            continue
-        value = data[f.name]
-        sub = f.type if isinstance(f.type, type) else None
-        if isinstance(value, dict) and sub is not None and dataclasses.is_dataclass(sub):
-            value = sub(**value)
-        kwargs[f.name] = value
+        raise CheckpointError(f"{where}: fields {sorted(map(str, unknown))} unknown to {config_cls.__name__}")
+    try:
+        hints = typing.get_type_hints(config_cls)
+    except (NameError, TypeError):  # an annotation that does not resolve: check nothing rather than guess
+        hints = {}
+    kwargs = {
+        f.name: _checked(data[f.name], hints.get(f.name, Any), f"{where}.{f.name}") for f in fields if f.name in data
+    }
     try:
         return config_cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"invalid {config_cls.__name__}: {e}") from None
+    except (TypeError, ValueError, AssertionError, KeyError) as e:
+        raise CheckpointError(
+            f"{where}: invalid {config_cls.__name__}: {str(e).splitlines()[0] if str(e) else e!r}"
+        ) from None
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    kind = names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+    return kind if text == type(value).__name__ else f"{kind} {text[:60]}"
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return " | ".join(json.dumps(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _checked(value: Any, tp: Any, where: str) -> Any:
+    """``value`` (parsed JSON) as the annotation ``tp`` wants it, or a ``CheckpointError`` naming ``where``."""
+
+    def wrong() -> CheckpointError:
+        return CheckpointError(f"{where}: expected {_type_name(tp)}, got {_describe(value)}")
+
+    if tp is Any or tp is object:
+        return value
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _checked(value, option, where)
+            except CheckpointError:
+                continue
+        raise wrong()
+    if origin is typing.Literal:
+        if value not in args or isinstance(value, bool) != any(isinstance(a, bool) for a in args if a == value):
+            raise wrong()
+        return value
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _dataclass_from(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise wrong()
+        return value
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise wrong()
+        if value < 0:
+            raise CheckpointError(f"{where}: must not be negative, got {value}")
+        return value
+    if tp is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise wrong()
+        if not math.isfinite(value):
+            raise CheckpointError(f"{where}: must be a finite number, got {value}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise wrong()
+        return value
+    if tp is list or origin is list:
+        if not isinstance(value, list):
+            raise wrong()
+        return [_checked(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if tp is tuple or origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise wrong()
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_checked(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if args:
+            if len(args) != len(value):
+                raise CheckpointError(f"{where}: expected {len(args)} values, got {len(value)}")
+            return tuple(_checked(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_checked(v, Any, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise wrong()
+        return value
+    return value  # an annotation this checker does not know: the config class's own checks apply
 
 
 def payload(model: nn.Module, extra: dict | None = None) -> dict:
@@ -113,21 +216,41 @@ def payload(model: nn.Module, extra: dict | None = None) -> dict:
 def save_export(model: nn.Module, directory: str | Path, extra: dict | None = None) -> Path:
     """Write ``directory/config.json`` and ``directory/model.safetensors``; returns the directory.
 
-    Files go to temporary names first so an interrupted save never leaves a half-written export
-    over a good one.
+    Each file is written under a unique temporary name in the same folder, then renamed over the old one:
+    an interrupted save never leaves half a file, and two processes exporting to one directory at once never
+    write into each other's file (the last rename wins, whole). Files get the mode the user's umask gives.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     state = _untie(state)
-    tmp_w, tmp_c = directory / (WEIGHTS_FILE + ".tmp"), directory / (CONFIG_FILE + ".tmp")
-    save_file(state, str(tmp_w), metadata={"kind": model.kind})
-    tmp_c.write_text(json.dumps(payload(model, extra), indent=2) + "\n")
-    tmp_w.replace(directory / WEIGHTS_FILE)
-    tmp_c.replace(directory / CONFIG_FILE)
+    config_text = json.dumps(payload(model, extra), indent=2) + "\n"
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"kind": model.kind}))
+    atomic_write(directory / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
     if hasattr(model, "save_extra_files"):
         model.save_extra_files(directory)
     return directory
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a unique temporary file beside ``path``, then rename it to ``path``."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a saved model is as readable as any file
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -171,20 +294,51 @@ def packaged_model_path(name: str, root: Path | None = None) -> Path:
     return path
 
 
-def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True`` and one-line errors."""
+def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True`` and one-line errors: a pickle that carries code is refused
+    (and says so), bytes that are no checkpoint at all are called that. ``mmap``: tensors stay on disk until
+    touched (a cheap check of a large file)."""
     path = Path(path)
     try:
+        if mmap and zipfile.is_zipfile(path):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported object"
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        refused = next((ln for ln in lines if "Unsupported global" in ln), None)
+        if refused is None and not _looks_pickled(path):
+            raise CheckpointError(
+                f"{path}: not a checkpoint (neither a PyTorch archive nor a pickle; damaged, or another format?)"
+            ) from None
+        named = re.search(r"GLOBAL (\S+)", refused or "")
+        detail = (
+            f"it references {named.group(1)}"
+            if named
+            else next((ln for ln in lines if "Unsupported" in ln), lines[0] if lines else "")
+        )
         raise CheckpointError(
             f"{path}: refused to load: the file holds pickled Python objects, not only weights "
-            f"({first[:160]}); nothing was executed"
+            f"({detail[:160]}); nothing was executed"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - bytes the unpickler trips over (IndexError, KeyError ...): one line
+        if path.is_file() and not _looks_pickled(path):
+            raise CheckpointError(
+                f"{path}: not a checkpoint (neither a PyTorch archive nor a pickle; damaged, or another format?)"
+            ) from None
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or damaged?): {msg[:200]}") from None
+
+
+def _looks_pickled(path: Path) -> bool:
+    """A ``torch.save`` zip archive, or a raw pickle (protocol 2 and up start with the PROTO opcode 0x80)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            if head == b"PK\x03\x04":  # a zip archive's first local header: torch.save's format, maybe cut short
+                return True
+            return zipfile.is_zipfile(f) or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+    except OSError:
+        return False
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -203,6 +357,16 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _check_meta(meta: dict, where: Path) -> None:
+    """``kind`` a string, ``config`` an object: what ``build`` reads (its fields are checked there)."""
+    if not isinstance(meta.get("kind"), str):
+        raise CheckpointError(f"{where}: 'kind' must be a string naming the model, got {_describe(meta.get('kind'))}")
+    if not isinstance(meta.get("config", {}), dict):
+        raise CheckpointError(
+            f"{where}: 'config' must be an object with the model's settings, got {_describe(meta['config'])}"
+        )
+
+
 def _check_kind(found: str, kind: str | tuple[str, ...] | None, path: Path) -> None:
     wanted = (kind,) if isinstance(kind, str) else kind
     if wanted and found not in wanted:
@@ -210,34 +374,52 @@ def _check_kind(found: str, kind: str | tuple[str, ...] | None, path: Path) -> N
 
 
 def build(meta: dict, state: dict[str, torch.Tensor], path: Path, directory: Path | None = None) -> nn.Module:
-    """Instantiate the model ``meta`` describes and load ``state`` into it, strictly."""
-    cls = model_class(meta.get("kind", "?"))
-    config = config_from_dict(cls, meta.get("config", {}))
-    model = cls(config)
+    """Instantiate the model ``meta`` describes and load ``state`` into it, strictly.
+
+    The config is checked field by field, then the model is first built on the meta device (no memory) and
+    its parameter names and shapes compared with ``state``: a config that does not match its weights (or asks
+    for a model far larger than they are) is a one-line error before anything is allocated."""
+    kind = meta.get("kind")
+    cls = model_class(kind)
+    try:
+        config = config_from_dict(cls, meta.get("config", {}))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    try:
+        with torch.device("meta"):
+            mismatch = describe_mismatch(cls(config).state_dict(), state)
+        if mismatch:
+            raise CheckpointError(f"{path}: weights do not match the {kind!r} config ({mismatch})")
+        model = cls(config)
+    except (TypeError, ValueError, RuntimeError, KeyError, AssertionError, ZeroDivisionError) as e:
+        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: cannot build the {kind!r} model from its config: {msg}") from None
     if directory is not None and hasattr(model, "load_extra_files"):
         model.load_extra_files(directory)
-    missing, unexpected = _load_strict(model, state)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not match the {meta['kind']!r} config "
-            f"(missing {missing[:3]}{'…' if len(missing) > 3 else ''}, "
-            f"unexpected {unexpected[:3]}{'…' if len(unexpected) > 3 else ''})"
-        )
+    mismatch = describe_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise CheckpointError(f"{path}: weights do not match the {kind!r} config ({mismatch})")
+    own = model.state_dict()
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     model.eval()
     return model
 
 
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    own = model.state_dict()
+def describe_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
+    """How the tensors ``state`` holds differ from what a model's ``own`` state dict wants (names, then shapes);
+    ``None`` when they match."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
-        return missing, unexpected
+        more = lambda keys: "…" if len(keys) > 3 else ""  # noqa: E731
+        return (
+            f"{len(missing)} missing, e.g. {missing[:3]}{more(missing)}; "
+            f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}{more(unexpected)}"
+        )
     for k, v in own.items():
-        if v.shape != state[k].shape:
-            raise CheckpointError(f"shape mismatch for {k}: checkpoint {tuple(state[k].shape)}, model {tuple(v.shape)}")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
-    return [], []
+        if tuple(v.shape) != tuple(state[k].shape):
+            return f"{k}: weights {tuple(state[k].shape)}, config wants {tuple(v.shape)}"
+    return None
 
 
 def load_model(
@@ -278,11 +460,16 @@ def _load_model(path: str | Path, kind: str | tuple[str, ...] | None = None) -> 
             meta = json.loads(config_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
+        except OSError as e:
+            raise CheckpointError(f"{config_path}: cannot read ({e.strerror or type(e).__name__})") from None
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{config_path}: expected a JSON object, got {_describe(meta)}")
         if "kind" not in meta and meta.get("model_type") == "gpt2":
             _check_kind("gpt", kind, path)
             return importlib.import_module(HF_GPT2_MODULE).load_hf_gpt2(path)
         if "kind" not in meta:
             raise CheckpointError(f"{config_path}: not a model export of this suite (no 'kind')")
+        _check_meta(meta, config_path)
         _check_kind(meta["kind"], kind, path)
         weights = path / WEIGHTS_FILE
         if not weights.is_file():
@@ -298,6 +485,7 @@ def _load_model(path: str | Path, kind: str | tuple[str, ...] | None = None) -> 
     meta = ckpt.get(LIGHTNING_KEY)
     if not isinstance(meta, dict) or "kind" not in meta:
         raise CheckpointError(f"{path}: a Lightning checkpoint not written by this suite's modules")
+    _check_meta(meta, path)
     _check_kind(meta["kind"], kind, path)
     prefix = meta.get("prefix", "model.")
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -84,3 +87,31 @@ def resolve_precision(name: str, device: str | torch.device) -> torch.dtype:
     except (RuntimeError, TypeError, NotImplementedError) as e:
         raise UsageError(f"--precision {name}: not supported on {device} ({str(e).splitlines()[0][:120]})") from None
     return dtype
+
+
+def check_finite(flag: str, value: float | None) -> None:
+    """A float flag must be a real number: ``--temperature nan`` is a ``UsageError`` here, not a "probability
+    tensor contains nan" traceback after the model has loaded."""
+    if value is not None and not math.isfinite(value):
+        raise UsageError(f"{flag} must be a finite number, got {value}")
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse an output location that cannot be written (read-only mount, no permission, a file where a folder
+    is needed) before any expensive work starts. ``path`` is a file to write or a folder to write into."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{path}: cannot write there ({folder} is not a directory)")
+    if not os.access(folder, os.W_OK) or _read_only_mount(folder):
+        raise UsageError(f"{path}: cannot write there (permission denied or read-only)")
+
+
+def _read_only_mount(folder: Path) -> bool:
+    # os.access ignores a read-only mount for root on some systems; statvfs reports it
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False

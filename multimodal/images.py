@@ -18,9 +18,10 @@ import io
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from torch import Tensor
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
 # Refuse images over this many pixels (a 8000 x 8000 photo); PIL's own limit (89M warn, 179M error) is global.
 MAX_IMAGE_PIXELS = 64_000_000
+T = TypeVar("T")
 # Transparent pixels are composited on this colour (see the module docstring).
 BACKGROUND = (0, 0, 0)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -68,14 +70,30 @@ def open_image(source: ImageSource, name: str | None = None) -> Image.Image:
     if isinstance(source, Image.Image):
         return to_rgb(ImageOps.exif_transpose(source) if source.getexif() else source)
     name = name or ("image bytes" if isinstance(source, bytes) else str(source))
+    return _read(source, name, lambda im: to_rgb(ImageOps.exif_transpose(im)))  # exif_transpose loads the pixels
+
+
+def image_format(data: bytes, name: str = "image bytes") -> str:
+    """Encoded image bytes -> their format (``"png"``, ``"jpeg"``, ``"webp"`` …) once every pixel has decoded,
+    under the same pixel limit as ``open_image``; ``ImageError`` (one line naming ``name``) otherwise."""
+
+    def fmt(im: Image.Image) -> str:
+        im.load()
+        return (im.format or "").lower()
+
+    return _read(data, name, fmt)
+
+
+def _read(source: str | os.PathLike | bytes, name: str, use: Callable[[Image.Image], T]) -> T:
+    """Open ``source`` with PIL, refuse it from its header when over ``MAX_IMAGE_PIXELS``, return ``use(im)``;
+    every failure is an ``ImageError`` naming ``name``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
                 if im.width * im.height > MAX_IMAGE_PIXELS:
                     raise Image.DecompressionBombError("")
-                im = ImageOps.exif_transpose(im)  # also loads the pixels
-                return to_rgb(im)
+                return use(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(
             f"{name}: refused: image too large (over {MAX_IMAGE_PIXELS // 1_000_000}M pixels; decompression bomb?)"

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+# torch.Generator.manual_seed takes 64-bit seeds; any Python int is reduced into [0, 2**64) modulo 2**64.
+SEED_MODULUS = 2**64
+
+
+def reduce_seed(seed: int) -> int:
+    """Any Python integer -> a seed the generator takes: ``seed mod 2**64`` (so seeds in ``[0, 2**64)`` are used
+    as they are, ``-1`` becomes ``2**64 - 1``, and ``2**64 + 5`` samples what ``5`` samples)."""
+    return int(seed) % SEED_MODULUS
+
 
 @dataclass
 class SamplingSettings:
-    """``temperature`` 0 means greedy; ``top_k`` / ``top_p`` of None (or 0 / 1.0) switch them off."""
+    """``temperature`` 0 means greedy; ``top_k`` / ``top_p`` of None (or 0 / 1.0) switch them off; ``seed`` any
+    Python integer (see ``reduce_seed``) or None (the global RNG). Bad values raise ``ValueError`` naming the
+    setting, here at the boundary, rather than a "probability tensor contains nan" deep in sampling."""
 
     temperature: float = 1.0
     top_k: int | None = None
@@ -19,18 +32,20 @@ class SamplingSettings:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:  # also false for nan
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral)):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
     def generator(self, device: torch.device | str = "cpu") -> torch.Generator | None:
         if self.seed is None:
             return None
         g = torch.Generator(device=device)
-        g.manual_seed(self.seed)
+        g.manual_seed(reduce_seed(self.seed))
         return g
 
 

@@ -48,7 +48,9 @@ def test_tiny_config_lowers_val_loss_and_exports(tmp_path):
     # an untrained model sits at ln(257) = 5.55 nats per byte; training must fall far below and keep falling
     assert len(losses) >= 2 and losses[-1] < losses[0] and losses[-1] < 0.5 * 5.55
     # a Lightning checkpoint loads with weights_only=True and training resumes from it
-    ckpt = next(tmp_path.rglob("*.ckpt"))
+    # the README's resume line: the config's ModelCheckpoint writes last.ckpt periodically, in Lightning's layout
+    ckpt = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    assert ckpt.is_file(), sorted(str(p) for p in tmp_path.rglob("*.ckpt"))
     assert "hyper_parameters" not in torch.load(ckpt, weights_only=True)
     r = _train(tmp_path, f"--ckpt_path={ckpt}", steps=70)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -19,8 +19,9 @@ from torch import Tensor
 
 from dalle.vae.model import DiscreteVAE, psnr
 from dalle.vae.openai import convert_openai_state, load_openai_state
+from data.shards import tar_damage
 from multimodal.checkpoint import CheckpointError, load_model, save_export
-from multimodal.cli import UsageError, fail, resolve_device
+from multimodal.cli import UsageError, fail, resolve_device, warn
 from multimodal.images import ImageError, image_grid, is_image_path, load_image, save_png
 
 CODES_MEMBER = "codes.npy"
@@ -98,12 +99,24 @@ def _split_key(name: str) -> tuple[str, str]:
     return (f"{d}/{stem}" if d else stem), ext
 
 
-def iter_tar_samples(path: Path) -> Iterator[tuple[str, list[tuple[tarfile.TarInfo, bytes]]]]:
-    """(key, [(member, data), ...]) for each sample of a webdataset shard, in order."""
+def iter_tar_samples(
+    path: Path, damage: list[str] | None = None
+) -> Iterator[tuple[str, list[tuple[tarfile.TarInfo, bytes]]]]:
+    """(key, [(member, data), ...]) for each sample of a webdataset shard, in order.
+
+    A shard that cannot be opened, or breaks off part-way (cut short, corrupt header), yields the samples before
+    the damage; why it is damaged is appended to ``damage`` (a ``UsageError`` when no list is given)."""
+
+    def broken(why: str) -> None:
+        if damage is None:
+            raise UsageError(f"{path}: {why}")
+        damage.append(why)
+
     try:
         tar = tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError) as e:
-        raise UsageError(f"{path}: not a readable tar shard ({e})") from None
+        broken(f"not a readable tar shard ({str(e).splitlines()[0][:120]})")
+        return
     with tar:
         key, members = None, []
         try:
@@ -117,7 +130,12 @@ def iter_tar_samples(path: Path) -> Iterator[tuple[str, list[tuple[tarfile.TarIn
                 key = k
                 members.append((info, tar.extractfile(info).read()))
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise UsageError(f"{path}: damaged tar shard ({e})") from None
+            broken(f"damaged tar shard ({str(e).splitlines()[0][:120]}); the samples after the damage are lost")
+            return  # the sample being read when the shard broke off is incomplete: left out
+        why = tar_damage(path)
+        if why is not None:
+            broken(f"{why}; the samples after it are lost")
+            return
         if key is not None:
             yield key, members
 
@@ -179,14 +197,18 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     totals = {"samples": 0, "encoded": 0, "no_image": 0, "bad_image": 0}
     started = time.time()
-    bar = tqdm(desc="tokenize", unit="img", disable=args.json or not sys.stderr.isatty())
+    bar = tqdm(desc="tokenize", unit="img", disable=args.no_progress or args.json or not sys.stderr.isatty())
+    damaged: list[str] = []
+    messages: list[str] = []
     for shard, target in zip(shards, targets):
+        samples_before = totals["samples"]
         tmp = target.with_name(target.name + ".tmp")
         try:
             with tarfile.open(tmp, "w") as out_tar:
                 pending: list[tuple[str, list, Tensor | None]] = []
 
-                for key, members in iter_tar_samples(shard):
+                damage: list[str] = []
+                for key, members in iter_tar_samples(shard, damage):
                     totals["samples"] += 1
                     image_member = next((d for i, d in members if is_image_path("x." + _split_key(i.name)[1])), None)
                     if image_member is None:
@@ -206,11 +228,22 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
                 n = _write_samples(out_tar, pending, model, device, dtype, args.drop_images, started)
                 bar.update(n)
                 totals["encoded"] += n
+            if damage:
+                damaged.append(str(shard))
+                messages.append(f"{shard}: {damage[0]}")
+            if damage and totals["samples"] == samples_before:
+                continue  # nothing could be read: no output shard
             tmp.replace(target)
         finally:
             if tmp.exists():
                 tmp.unlink()
     bar.close()
+    if damaged and totals["samples"] == 0:
+        for m in messages[:-1]:
+            warn(m)
+        raise UsageError(messages[-1])  # nothing at all could be read: no output, bad input
+    for m in messages:
+        warn(m)
     manifest = {
         "checkpoint": str(args.checkpoint),
         "member": CODES_MEMBER,
@@ -221,6 +254,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         "preprocess": "shorter side resized (bicubic) then centre crop",
         "shards": [str(t) for t in targets],
         **totals,
+        "damaged_shards": damaged,
         "seconds": round(time.time() - started, 2),
     }
     (out_dir / "codes.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -230,9 +264,10 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         print(
             f"encoded {totals['encoded']} of {totals['samples']} samples into {len(targets)} shards under {out_dir} "
             f"({manifest['grid'][0]}x{manifest['grid'][1]} codes as {{key}}.{CODES_MEMBER}; skipped "
-            f"{totals['no_image']} without image, {totals['bad_image']} unreadable)"
+            f"{totals['no_image']} without image, {totals['bad_image']} unreadable"
+            + (f"; {len(damaged)} damaged shards, named above)" if damaged else ")")
         )
-    return 0
+    return 1 if damaged else 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -283,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     t.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     t.set_defaults(func=cmd_tokenize)
 
     c = sub.add_parser("convert", help="convert OpenAI's dVAE (dall_e Encoder + Decoder) to our export format")

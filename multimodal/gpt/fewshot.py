@@ -31,7 +31,7 @@ from tqdm import tqdm
 from data import tasks as builtin
 from data.tasks import SEPARATOR, format_example
 from multimodal.checkpoint import CheckpointError
-from multimodal.cli import UsageError, add_precision_flag, fail, resolve_precision
+from multimodal.cli import UsageError, add_device_flag, add_precision_flag, fail, resolve_device, resolve_precision
 from multimodal.gpt.model import load_text_model
 from multimodal.sampling import SamplingSettings
 
@@ -91,17 +91,20 @@ def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{path}: not UTF-8 text (byte {e.start}); expected JSON lines") from None
     records = []
     # line by line, not str.splitlines(): that also splits at U+2028, U+2029 and U+0085, valid inside JSON strings
-    with path.open(encoding="utf-8", newline="\n") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-            records.append(_check_record(obj, f"{path}:{i}"))
+    for i, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TaskError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        records.append(_check_record(obj, f"{path}:{i}"))
     if not records:
         raise TaskError(f"{path}: no records")
     return records
@@ -306,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=None, help="exact match: new tokens at most (default answer+1)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward when scoring choices")
     p.add_argument("--seed", type=int, default=0, help="seed for queries and examples")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
+    add_device_flag(p)
     add_precision_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with the accuracies")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -348,9 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     except TaskError as e:
         return fail(str(e))
     try:
-        model = load_text_model(args.checkpoint, args.device, resolve_precision(args.precision, args.device))
-    except (CheckpointError, UsageError) as e:
-        return fail(str(e))
+        device = resolve_device(args.device)
+        model = load_text_model(args.checkpoint, device, resolve_precision(args.precision, device))
+    except (UsageError, CheckpointError) as e:
+        return fail(e)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.inference_mode():

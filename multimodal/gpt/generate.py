@@ -14,8 +14,10 @@ import warnings
 import torch
 
 from multimodal.checkpoint import CheckpointError
-from multimodal.cli import UsageError, add_precision_flag, fail, resolve_precision
+from multimodal.cli import UsageError, add_device_flag, add_precision_flag, fail, resolve_device, resolve_precision
 from multimodal.gpt.model import load_text_model
+
+MAX_NUM = 10_000  # samples per run; each is generated on its own
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,10 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
-    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed for reproducible sampling (any integer, taken mod 2**64)"
+    )
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not included in the output")
     p.add_argument("--num", type=int, default=1, help="number of samples (seeds seed, seed+1, …)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
+    add_device_flag(p)
     add_precision_flag(p)
     p.add_argument("--json", action="store_true", help="one JSON object per sample on stdout")
     return p
@@ -39,16 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_tokens < 1:
         return fail("--max-tokens must be at least 1")
-    if args.temperature < 0:
-        return fail("--temperature must be >= 0")
+    if args.num < 1 or args.num > MAX_NUM:
+        return fail(f"--num must be in [1, {MAX_NUM}], got {args.num}")
+    if not 0 <= args.temperature < float("inf"):  # also refuses nan
+        return fail(f"--temperature must be a finite number >= 0, got {args.temperature}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         return fail("--top-p must be in (0, 1]")
     if args.top_k is not None and args.top_k < 0:
         return fail("--top-k must be >= 0")
     try:
-        model = load_text_model(args.checkpoint, args.device, resolve_precision(args.precision, args.device))
-    except (CheckpointError, UsageError) as e:
-        return fail(str(e))
+        device = resolve_device(args.device)
+        model = load_text_model(args.checkpoint, device, resolve_precision(args.precision, device))
+    except (UsageError, CheckpointError) as e:
+        return fail(e)
     for i in range(args.num):
         seed = None if args.seed is None else args.seed + i
         with warnings.catch_warnings(record=True) as caught:

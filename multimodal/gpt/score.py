@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from multimodal.checkpoint import CheckpointError
-from multimodal.cli import UsageError, add_precision_flag, fail, resolve_precision
+from multimodal.cli import UsageError, add_device_flag, add_precision_flag, fail, resolve_device, resolve_precision
 from multimodal.gpt.model import load_text_model
 
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="?", help="text to score ('-' reads standard input)")
     p.add_argument("--file", default=None, help="score the contents of this file instead")
     p.add_argument("--checkpoint", required=True, help="export directory, Lightning .ckpt, or HF GPT-2 directory")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
+    add_device_flag(p)
     add_precision_flag(p)
     p.add_argument("--json", action="store_true", help="one JSON object: tokens, logprobs, total, perplexity")
     p.add_argument("--tokens", action="store_true", help="also list every token's log-prob (text output)")
@@ -60,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     if not text:
         return fail("empty text: nothing to score")
     try:
-        model = load_text_model(args.checkpoint, args.device, resolve_precision(args.precision, args.device))
-    except (CheckpointError, UsageError) as e:
-        return fail(str(e))
+        device = resolve_device(args.device)
+        model = load_text_model(args.checkpoint, device, resolve_precision(args.precision, device))
+    except (UsageError, CheckpointError) as e:
+        return fail(e)
     n_ctx = model.config.context_length
     if args.stride is not None and not 1 <= args.stride <= n_ctx:
         return fail(f"--stride must be between 1 and the context length {n_ctx}")
