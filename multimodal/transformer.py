@@ -162,9 +162,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.width, 3 * config.width, bias=config.bias)
         self.proj = nn.Linear(config.width, config.width, bias=config.bias)
 
-    def forward(
-        self, x: Tensor, mask: Mask = "causal", cache: KVCache | None = None, pos: int | Tensor = 0
-    ) -> Tensor:
+    def forward(self, x: Tensor, mask: Mask = "causal", cache: KVCache | None = None, pos: int | Tensor = 0) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, D]
         if cache is not None:
@@ -203,9 +201,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(
-        self, x: Tensor, mask: Mask = "causal", cache: KVCache | None = None, pos: int | Tensor = 0
-    ) -> Tensor:
+    def forward(self, x: Tensor, mask: Mask = "causal", cache: KVCache | None = None, pos: int | Tensor = 0) -> Tensor:
         x = x + self.drop(self.attn(self.ln_1(x), mask, cache, pos))
         return x + self.drop(self.mlp(self.ln_2(x)))
 

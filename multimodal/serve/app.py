@@ -345,10 +345,14 @@ def create_app(served: list[Served], limits: Limits | None = None, api_keys: set
             raise APIError(400, f"'{entry.name}' carries no dVAE: it cannot draw images", "model")
         side = dalle.vae.config.image_size
         if req.size not in (None, f"{side}x{side}"):
-            raise APIError(400, f"size '{req.size}' is not available: '{entry.name}' draws {side}x{side} images", "size")
+            raise APIError(
+                400, f"size '{req.size}' is not available: '{entry.name}' draws {side}x{side} images", "size"
+            )
         fmt = req.response_format or "b64_json"
         if fmt not in ("b64_json", "url"):
-            raise APIError(400, f"response_format must be 'b64_json' or 'url' (a data URL), got '{fmt}'", "response_format")
+            raise APIError(
+                400, f"response_format must be 'b64_json' or 'url' (a data URL), got '{fmt}'", "response_format"
+            )
         n = 1 if req.n is None else req.n
         in_range(n, 1, limits.max_images, "n")
         candidates = n if req.candidates is None else req.candidates

@@ -1,8 +1,8 @@
 """``python -m multimodal.serve``: an OpenAI-compatible service for the suite's models.
 
-    python -m multimodal.serve                                   # the packaged demo models on 127.0.0.1:8000
-    python -m multimodal.serve --gpt path/to/hf-gpt2 --port 8001 --no-packaged
-    MULTIMODAL_API_KEYS=secret python -m multimodal.serve --host 0.0.0.0
+python -m multimodal.serve                                   # the packaged demo models on 127.0.0.1:8000
+python -m multimodal.serve --gpt path/to/hf-gpt2 --port 8001 --no-packaged
+MULTIMODAL_API_KEYS=secret python -m multimodal.serve --host 0.0.0.0
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--gpt", help="GPT checkpoint: export dir, Lightning .ckpt, or Hugging Face GPT-2 dir")
     p.add_argument("--dalle", help="DALL·E checkpoint: export dir or Lightning .ckpt (with its dVAE)")
-    p.add_argument("--clip", help="CLIP checkpoint: export dir, Lightning .ckpt, or open_clip weights with --clip-model")
+    p.add_argument(
+        "--clip", help="CLIP checkpoint: export dir, Lightning .ckpt, or open_clip weights with --clip-model"
+    )
     p.add_argument("--clip-model", help="open_clip model name of --clip's weights (ViT-B-32, ...)")
     p.add_argument("--gpt-name", default="gpt", help="model name clients use for the GPT (default gpt)")
     p.add_argument("--dalle-name", default="dalle", help="model name for DALL·E (default dalle)")
@@ -123,6 +125,22 @@ def load_models(args: argparse.Namespace, device: torch.device) -> list:
     return served
 
 
+def access_note(keys: set[str], host_flag: str | None, host: str) -> str:
+    """The start-up line about who can use the service."""
+    if keys:
+        return f"API keys: {len(keys)} configured; every /v1 route needs one"
+    if host_flag is None:
+        return (
+            f"no API keys configured: listening on loopback only ({host}); give --api-keys and --host to serve "
+            "other machines"
+        )
+    if not is_loopback(host):
+        return (
+            f"warning: no API keys configured and --host {host}: anyone who can reach this address can use the models"
+        )
+    return f"no API keys configured: listening on {host} (loopback)"
+
+
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -158,11 +176,15 @@ def main(argv: list[str] | None = None) -> int:
         keys = read_keys(args.api_keys)
         host = args.host or DEFAULT_HOST
         device = resolve_device(args.device)
-        sock = bind(host, args.port)
+        sock = bind(host, args.port)  # before loading: a busy port fails fast
+    except (UsageError, CheckpointError, ValueError) as e:
+        return fail(e)
+    try:
         served = load_models(args, device)
         if not served:
             raise UsageError("no model to serve: give --gpt, --dalle or --clip (or drop --no-packaged)")
     except (UsageError, CheckpointError, ValueError) as e:
+        sock.close()
         return fail(e)
     limits = Limits(
         max_body_bytes=int(args.max_body_mb * 2**20),
@@ -175,14 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in served:
         extra = f", KV cache {s.engine.cache_megabytes():.0f} MiB for {s.engine.max_batch} slots" if s.engine else ""
         print(f"serving {s.kind} '{s.name}' from {s.source}{extra}", file=sys.stderr)
-    if keys:
-        print(f"API keys: {len(keys)} configured; every /v1 route needs one", file=sys.stderr)
-    elif args.host is None:
-        print(f"no API keys configured: listening on loopback only ({host}); give --api-keys and --host to "
-              "serve other machines", file=sys.stderr)
-    elif not is_loopback(host):
-        print(f"warning: no API keys configured and --host {host}: anyone who can reach this address can use the "
-              "models", file=sys.stderr)
+    print(access_note(keys, args.host, host), file=sys.stderr)
     url_host = f"[{host}]" if ":" in host else host
     print(f"listening on http://{url_host}:{port} (playground at /, API at /v1)", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=args.access_log, timeout_graceful_shutdown=3)

@@ -246,8 +246,7 @@ class Engine:
             else:
                 probs = filter_logits(logits[rows], temperature, top_k, top_p).softmax(-1)
                 picked = [
-                    int(torch.multinomial(probs[j : j + 1], 1, generator=seqs[r].generator))
-                    for j, r in enumerate(rows)
+                    int(torch.multinomial(probs[j : j + 1], 1, generator=seqs[r].generator)) for j, r in enumerate(rows)
                 ]
             for r, t in zip(rows, picked):
                 tokens[r] = t
