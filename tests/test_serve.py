@@ -457,6 +457,37 @@ def test_start_up_says_who_can_use_it(server):
     assert "warning" not in access_note(set(), "::1", "::1")
 
 
+def test_engine_prompts_prefilled_together_decode_like_generate(gpt):
+    """Prompts of different lengths admitted at once share one prefill and every decode step; each still gives
+    ``GPT.generate``'s greedy text, and a seeded one its sampled text."""
+    import queue
+
+    from multimodal.sampling import SamplingSettings
+    from multimodal.serve.engine import Choice, Engine, new_generator
+
+    engine = Engine(gpt, max_batch=4)
+    prompts = ["a", "hello there", "the quick brown fox", "xy" * 20, "z"]  # 5 > 4 slots: one waits for a free one
+    events: queue.Queue = queue.Queue()
+    greedy = SamplingSettings(temperature=0)
+    choices = [
+        Choice(gpt.tokenizer.encode(p), 12, greedy, lambda e, i=i: events.put((i, e))) for i, p in enumerate(prompts)
+    ]
+    sampled = SamplingSettings(temperature=1.0, seed=9)
+    choices.append(Choice(gpt.tokenizer.encode("seed"), 12, sampled, lambda e: events.put((5, e)), new_generator(9)))
+    try:
+        assert engine.submit(choices)
+        texts, done = [""] * 6, 0
+        while done < 6:
+            i, e = events.get(timeout=30)
+            texts[i] += e.text
+            done += e.finish_reason is not None
+        assert texts[:5] == [gpt.generate(p, 12, temperature=0).text for p in prompts]
+        assert texts[5] == gpt.generate("seed", 12, temperature=1.0, seed=9).text
+        assert engine.stats()["running"] == 0 and engine.steps < 6 * 12 / 2
+    finally:
+        engine.close()
+
+
 def test_without_keys_no_key_is_asked(gpt):
     from fastapi.testclient import TestClient
 

@@ -2,11 +2,13 @@
 
 One thread owns the model and one KV cache of ``max_batch`` rows ("slots"). Every iteration it
 
-1. admits waiting sequences into free slots: each prompt is run alone (batch 1) into its slot's rows of the
-   cache (``KVCache.narrow``), so its logits never depend on what else is running;
+1. admits waiting sequences into free slots: their prompts run together (right-padded, each row under its own
+   causal mask) into the cache rows after the running ones (``KVCache.narrow``);
 2. samples one token for every running sequence from its pending logits: rows with the same settings go
    through ``multimodal.sampling.filter_logits`` together, then each row draws from its own
-   ``torch.Generator`` (seeded per request), so a seed gives the same text alone or in any company;
+   ``torch.Generator`` (seeded per request), so a seed gives the same text alone or in any company (up to the
+   rounding of different batch shapes in the matrix products, which can move a draw only when it falls within
+   about 1e-6 of a boundary);
 3. releases finished or cancelled sequences (the last running row moves into the freed slot with
    ``KVCache.copy_row``, keeping the running rows contiguous);
 4. feeds the new token of every running sequence in one forward pass, each row at its own position
@@ -164,8 +166,8 @@ class Engine:
                 self.running = []
 
     def _iteration(self, admitted: list[Choice]) -> None:
-        for seq in admitted:
-            self._prefill(seq)
+        if admitted:
+            self._prefill(admitted)
         self._compact()
         if not self.running:
             return
@@ -181,27 +183,47 @@ class Engine:
             return self._views[length]
         return [c.narrow(start, length) for c in self.cache]
 
-    def _prefill(self, seq: Choice) -> None:
-        tok = self.tokenizer
-        ids = torch.tensor([seq.ids], device=self.device)
+    def _prefill(self, seqs: list[Choice]) -> None:
+        """Run new prompts into the cache rows after the running ones, several in one forward pass: prompts are
+        padded on the right, each row's causal mask stops at its own end, and the padding's keys are overwritten
+        by the row's own tokens before any query can see them."""
+        scoring = [s for s in seqs if s.max_tokens == 0]
+        for seq in scoring:  # no slot, no cache
+            self._finish_prefill(seq, self.model.hidden(torch.tensor([seq.ids], device=self.device))[0])
+        rest = sorted((s for s in seqs if s.max_tokens > 0), key=lambda s: len(s.ids))
+        while rest:
+            group = [rest.pop(0)]
+            # keep the padding small: a group's padded size stays within twice its real tokens (+ 64)
+            while (
+                rest
+                and len(rest[0].ids) * (len(group) + 1) <= 2 * (sum(len(s.ids) for s in group) + len(rest[0].ids)) + 64
+            ):
+                group.append(rest.pop(0))
+            width = max(len(s.ids) for s in group)
+            ids = torch.full((len(group), width), self.tokenizer.eot_id, dtype=torch.long, device=self.device)
+            for i, s in enumerate(group):
+                ids[i, : len(s.ids)] = torch.tensor(s.ids, device=self.device)
+            start = len(self.running)
+            views = self._views_for(start, len(group))
+            zeros = torch.zeros(len(group), dtype=torch.long, device=self.device)
+            hidden = self.model.hidden(ids, views, zeros)  # [g, width, C]
+            for i, s in enumerate(group):
+                s.cached = len(s.ids)
+                self.running.append(s)
+                self._finish_prefill(s, hidden[i, : len(s.ids)])
+
+    def _finish_prefill(self, seq: Choice, hidden: Tensor) -> None:
+        """``hidden [T, C]`` of ``seq``'s prompt → its pending logits, and the echoed prompt if asked."""
         if seq.echo:
-            seq.prompt_text = seq.prompt_text if seq.prompt_text is not None else tok.decode(seq.ids)
+            seq.prompt_text = seq.prompt_text if seq.prompt_text is not None else self.tokenizer.decode(seq.ids)
             seq.prefix_len = len(seq.prompt_text)
-        want_prompt_logprobs = seq.echo and seq.logprobs is not None
-        if seq.max_tokens == 0:  # scoring only: no slot, no cache
-            hidden = self.model.hidden(ids)[0]
-        else:
-            row = len(self.running)
-            hidden = self.model.hidden(ids, self._views_for(row, 1), 0)[0]  # [T, C]
-            seq.cached = len(seq.ids)
-            self.running.append(seq)
-        if want_prompt_logprobs:
+        tokens = []
+        if seq.echo and seq.logprobs is not None:
             logits = self.model.lm_head(hidden)  # [T, V]
             seq.pending = logits[-1]
             tokens = self._prompt_tokens(seq, logits[:-1].float().log_softmax(-1))
         else:
             seq.pending = self.model.lm_head(hidden[-1])
-            tokens = []
         if seq.echo:
             seq.emit(Event(seq.prompt_text, tokens))
         if seq.max_tokens == 0:
