@@ -488,6 +488,28 @@ def test_engine_prompts_prefilled_together_decode_like_generate(gpt):
         engine.close()
 
 
+def test_engine_survives_a_failing_batch(gpt, capsys):
+    import queue
+
+    from multimodal.sampling import SamplingSettings
+    from multimodal.serve.engine import Choice, Engine
+
+    engine = Engine(gpt, max_batch=2)
+    events: queue.Queue = queue.Queue()
+    greedy = SamplingSettings(temperature=0)
+    try:
+        engine.submit([Choice([10**6], 4, greedy, events.put)])  # an id past the embedding table
+        assert "generation failed" in events.get(timeout=30).error
+        engine.submit([Choice([1, 2], 3, greedy, events.put)])
+        text = ""
+        while (e := events.get(timeout=30)).finish_reason is None:
+            text += e.text
+        assert text + e.text == gpt.generate("\x01\x02", 3, temperature=0).text
+    finally:
+        engine.close()
+    assert "IndexError" in capsys.readouterr().err  # the traceback goes to the server's log
+
+
 def test_without_keys_no_key_is_asked(gpt):
     from fastapi.testclient import TestClient
 

@@ -55,7 +55,7 @@ class Event:
     error: str | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # identity: choices are compared by ``in``, and their fields hold tensors
 class Choice:
     """One choice to generate (a request has ``len(prompts) × n``): a prompt (token ids), how to continue it."""
 
