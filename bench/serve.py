@@ -1,6 +1,6 @@
 """``python -m multimodal.serve`` vs ``transformers serve --continuous-batching``: the same weights, loopback HTTP.
 
-    python bench/serve.py [--clients 1,4,16] [--requests 4] [--max-tokens 64] [--threads 2]
+    python bench/serve.py [--clients 1,4,16] [--requests 2] [--max-tokens 32] [--threads 2]
 
 Writes a random-init Hugging Face GPT-2 directory of the 124M shape (a synthetic 50257-token byte-level BPE, so
 nothing is downloaded), starts both servers on it (same thread count), and at each concurrency runs that many
@@ -177,8 +177,8 @@ def run_level(server: Server, clients: int, requests: int, max_tokens: int) -> d
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", default="1,4,16", help="concurrency levels (default 1,4,16)")
-    ap.add_argument("--requests", type=int, default=4, help="requests per client per level (default 4)")
-    ap.add_argument("--max-tokens", type=int, default=64, help="tokens per completion (default 64)")
+    ap.add_argument("--requests", type=int, default=2, help="requests per client per level (default 2)")
+    ap.add_argument("--max-tokens", type=int, default=32, help="tokens per completion (default 32)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for each server (default 2)")
     ap.add_argument("--model-dir", help="reuse this GPT-2 directory (written there if missing)")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object too")
