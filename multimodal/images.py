@@ -9,7 +9,7 @@
   "longest" | "squash", interpolation, mean / std), built on torchvision's functional ops exactly as
   open_clip's transform is.
 - tensors <-> PIL (``to_tensor``, ``to_pil``, ``pil_batch``), ``image_grid`` / ``save_png`` (atomic, unique
-  temporary name), ``grid_png`` (labelled grid with frames), ``bar_chart_png``.
+  temporary name), ``png_bytes`` (in memory), ``grid_png`` (labelled grid with frames), ``bar_chart_png``.
 """
 
 from __future__ import annotations
@@ -224,6 +224,13 @@ def save_png(image: Tensor | Image.Image, path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def png_bytes(image: Tensor | Image.Image) -> bytes:
+    """A tensor ``[C, H, W]`` in [0, 1] or a PIL image -> PNG bytes (what a web service sends)."""
+    buffer = io.BytesIO()
+    (image if isinstance(image, Image.Image) else to_pil(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _umask() -> int:

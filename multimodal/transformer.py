@@ -90,14 +90,40 @@ class KVCache(nn.Module):
     def max_len(self) -> int:
         return self.k.shape[2]
 
-    def update(self, k: Tensor, v: Tensor, pos: int) -> tuple[Tensor, Tensor]:
-        """Write ``k, v [B, H, t, D]`` at ``pos`` and return everything up to ``pos + t``."""
-        end = pos + k.shape[2]
+    def update(self, k: Tensor, v: Tensor, pos: int | Tensor) -> tuple[Tensor, Tensor]:
+        """Write ``k, v [B, H, t, D]`` at ``pos`` and return everything up to ``pos + t``.
+
+        ``pos`` may be a tensor ``[B]``: row b is written at ``[pos[b], pos[b] + t)`` (a ragged batch) and
+        everything up to ``max(pos) + t`` is returned; what lies past a row's own end is stale and must be
+        masked (``_mask_rows`` does it for the causal mask)."""
+        t = k.shape[2]
+        end = (int(pos.max()) if isinstance(pos, Tensor) else pos) + t
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; asked to write up to {end}")
-        self.k[:, :, pos:end] = k
-        self.v[:, :, pos:end] = v
+        if isinstance(pos, Tensor):
+            rows = torch.arange(k.shape[0], device=k.device)[:, None]  # [B, 1]
+            cols = pos[:, None] + torch.arange(t, device=k.device)  # [B, t]
+            self.k[rows, :, cols] = k.transpose(1, 2)  # indexed view is [B, t, H, D]
+            self.v[rows, :, cols] = v.transpose(1, 2)
+        else:
+            self.k[:, :, pos:end] = k
+            self.v[:, :, pos:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def narrow(self, start: int, length: int) -> KVCache:
+        """Rows ``[start, start + length)`` as a cache sharing this one's memory (writes go through): a
+        server keeps one cache for all its slots and runs each forward on the rows in use."""
+        view = KVCache.__new__(KVCache)
+        nn.Module.__init__(view)
+        view.register_buffer("k", self.k.narrow(0, start, length), persistent=False)
+        view.register_buffer("v", self.v.narrow(0, start, length), persistent=False)
+        return view
+
+    def copy_row(self, src: int, dst: int, length: int | None = None) -> None:
+        """Copy row ``src``'s first ``length`` positions (all by default) to row ``dst``."""
+        n = self.max_len if length is None else length
+        self.k[dst, :, :n] = self.k[src, :, :n]
+        self.v[dst, :, :n] = self.v[src, :, :n]
 
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows ``index`` (e.g. after choosing candidates)."""
@@ -118,11 +144,17 @@ def _activation(name: str):
     return _quick_gelu
 
 
-def _mask_rows(mask: Mask, q_len: int, pos: int, kv_len: int, device) -> tuple[Tensor | None, bool]:
+def _mask_rows(mask: Mask, q_len: int, pos: int | Tensor, kv_len: int, device) -> tuple[Tensor | None, bool]:
     """The slice of ``mask`` for queries ``[pos, pos+q_len)`` against keys ``[0, kv_len)``.
 
-    Returns ``(attn_mask, is_causal)`` in the form SDPA takes.
+    ``pos`` a tensor ``[B]`` (per-row positions, causal only) gives a mask ``[B, 1, q_len, kv_len]`` that also
+    hides each row's keys past its own end. Returns ``(attn_mask, is_causal)`` in the form SDPA takes.
     """
+    if isinstance(pos, Tensor):
+        if not (isinstance(mask, str) and mask == "causal"):
+            raise ValueError("per-row positions work with the causal mask only")
+        rows = pos[:, None] + torch.arange(q_len, device=device)  # [B, q_len]: each query's position
+        return (torch.arange(kv_len, device=device) <= rows[:, :, None])[:, None], False
     if mask is None:
         return None, False
     if isinstance(mask, str):
@@ -150,7 +182,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.width, 3 * config.width, bias=config.bias)
         self.proj = nn.Linear(config.width, config.width, bias=config.bias)
 
-    def forward(self, x: Tensor, mask: Mask = "causal", cache: KVCache | None = None, pos: int = 0) -> Tensor:
+    def forward(self, x: Tensor, mask: Mask = "causal", cache: KVCache | None = None, pos: int | Tensor = 0) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, D]
         if cache is not None:
@@ -189,7 +221,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, mask: Mask = "causal", cache: KVCache | None = None, pos: int = 0) -> Tensor:
+    def forward(self, x: Tensor, mask: Mask = "causal", cache: KVCache | None = None, pos: int | Tensor = 0) -> Tensor:
         x = x + self.drop(self.attn(self.ln_1(x), mask, cache, pos))
         return x + self.drop(self.mlp(self.ln_2(x)))
 
@@ -207,7 +239,7 @@ class Transformer(nn.Module):
         x: Tensor,
         mask: Mask | list[Mask] = "causal",
         cache: list[KVCache] | None = None,
-        pos: int = 0,
+        pos: int | Tensor = 0,
     ) -> Tensor:
         """``x [B, T, C]`` at positions ``[pos, pos+T)`` → ``[B, T, C]``.
 
@@ -215,6 +247,8 @@ class Transformer(nn.Module):
         patterns). With ``cache``, keys and values are appended and queries see all cached positions
         the mask allows; the logits equal a full forward pass whenever no position attends to a later
         one (causal and every sparse pattern), and for any mask if the prompt is fed in one chunk.
+        ``pos`` a tensor ``[B]`` (with a cache and the causal mask) puts each row at its own position: rows
+        of different lengths decode in one batch (continuous batching in ``multimodal.serve``).
         """
         masks = mask if isinstance(mask, list) else [mask] * len(self.blocks)
         if len(masks) != len(self.blocks):

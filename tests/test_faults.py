@@ -30,7 +30,6 @@ def _train_cmd(root: Path, *extra: str) -> list[str]:
         str(ROOT / "configs/gpt/tiny.yaml"),
         f"--trainer.default_root_dir={root}",
         f"--trainer.max_steps={STEPS}",
-        f"--model.max_steps={STEPS}",
         "--model.warmup_steps=5",
         "--trainer.limit_val_batches=0",
         "--trainer.enable_progress_bar=false",

@@ -108,3 +108,30 @@ def test_bad_config_and_mask():
     cache = model.make_cache(1, 4)
     with pytest.raises(ValueError, match="KV cache holds 4"):
         model(torch.randn(1, 5, 32), "causal", cache, 0)
+
+
+def test_ragged_batch_per_row_positions_match_full_forward():
+    """Rows of different lengths in one cache, decoded together with per-row positions (continuous batching),
+    give each row's full causal forward; rows are written through ``narrow`` views and moved with ``copy_row``."""
+    model = _model()
+    lengths = [3, 7, 5]
+    xs = [torch.randn(1, n + 4, 32) for n in lengths]
+    cache = model.make_cache(4, 16)  # one spare row
+    for row, (x, n) in enumerate(zip(xs, lengths)):  # prefill each prompt alone into its own row
+        model(x[:, :n], "causal", [c.narrow(row, 1) for c in cache], 0)
+    pos = torch.tensor(lengths)
+    outs = []
+    for step in range(4):  # then one token per row per step, all rows in one batch
+        x = torch.cat([x[:, n + step : n + step + 1] for x, n in zip(xs, lengths)])
+        outs.append(model(x, "causal", [c.narrow(0, 3) for c in cache], pos + step))
+    got = torch.cat(outs, 1)  # [3, 4, C]
+    for row, (x, n) in enumerate(zip(xs, lengths)):
+        torch.testing.assert_close(got[row], model(x, "causal")[0, n:], atol=1e-5, rtol=1e-5)
+    # moving a row (a finished request leaves, the last one takes its place) keeps its keys and values
+    for c in cache:
+        c.copy_row(2, 0)
+    x = xs[2][:, lengths[2] + 3 :]  # feed row 2's last input again, now from row 0
+    again = model(x, "causal", [c.narrow(0, 1) for c in cache], torch.tensor([lengths[2] + 3]))
+    torch.testing.assert_close(again[0], got[2, 3:], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="causal"):
+        model(x, None, [c.narrow(0, 1) for c in cache], torch.tensor([1]))

@@ -128,17 +128,23 @@ class GPT(nn.Module):
             self.tokenizer = GPT2Tokenizer.from_directory(directory)
 
     # -- forward --------------------------------------------------------------------------------
-    def hidden(self, ids: Tensor, cache=None, pos: int = 0) -> Tensor:
-        """``ids [B, T]`` at positions ``[pos, pos+T)`` → final-norm hidden states ``[B, T, C]``."""
+    def hidden(self, ids: Tensor, cache=None, pos: int | Tensor = 0) -> Tensor:
+        """``ids [B, T]`` at positions ``[pos, pos+T)`` → final-norm hidden states ``[B, T, C]``.
+
+        ``pos`` a tensor ``[B]`` (with a cache): each row at its own position (a ragged decode batch)."""
         T = ids.shape[1]
-        if pos + T > self.config.context_length:
-            raise ValueError(f"sequence of {pos + T} tokens exceeds the context of {self.config.context_length}")
-        positions = torch.arange(pos, pos + T, device=ids.device)
+        end = (int(pos.max()) if isinstance(pos, Tensor) else pos) + T
+        if end > self.config.context_length:
+            raise ValueError(f"sequence of {end} tokens exceeds the context of {self.config.context_length}")
+        if isinstance(pos, Tensor):
+            positions = pos[:, None] + torch.arange(T, device=ids.device)  # [B, T]
+        else:
+            positions = torch.arange(pos, pos + T, device=ids.device)  # [T]
         x = self.drop(self.token_embedding(ids) + self.position_embedding(positions))  # [B, T, C]
         x = self.transformer(x, "causal", cache, pos)
         return self.ln_final(x)
 
-    def forward(self, ids: Tensor, cache=None, pos: int = 0) -> Tensor:
+    def forward(self, ids: Tensor, cache=None, pos: int | Tensor = 0) -> Tensor:
         """``ids [B, T]`` → logits ``[B, T, V]``."""
         return self.lm_head(self.hidden(ids, cache, pos))
 

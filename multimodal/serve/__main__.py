@@ -1,0 +1,5 @@
+import sys
+
+from multimodal.serve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,543 @@
+"""``python -m multimodal.serve`` against real clients: the ``openai`` package, ``curl -u :KEY``, httpx for raw SSE and
+the bad-request corpus, and Debian's chromium driven by Playwright for the playground page.
+
+One server for the module (a tiny random GPT export with the byte tokenizer via --gpt; the packaged DALL·E and CLIP
+with no flags), started as a subprocess on a free loopback port."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+KEY = "sk-test-0123456789"
+CHROMIUM = "/usr/bin/chromium"
+CONTEXT = 2048
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m multimodal.serve`` in a subprocess, on a free loopback port."""
+
+    def __init__(self, args: list[str], log: Path, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        extra, env = env or {}, dict(os.environ)
+        env.pop("MULTIMODAL_API_KEYS", None)  # keys come only from what the test gives
+        env.update(extra)
+        cmd = [sys.executable, "-m", "multimodal.serve", "--port", str(self.port), "--threads", "1", *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env)
+
+    def wait(self, timeout: float = 90) -> Server:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server did not start: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def gpt_dir(tmp_path_factory) -> Path:
+    from multimodal.checkpoint import save_export
+    from multimodal.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=257, context_length=CONTEXT, width=32, layers=2, heads=4, tokenizer="byte"))
+    return save_export(model, tmp_path_factory.mktemp("serve") / "gpt")
+
+
+@pytest.fixture(scope="module")
+def gpt(gpt_dir):
+    from multimodal.gpt.model import load_text_model
+
+    return load_text_model(str(gpt_dir))
+
+
+@pytest.fixture(scope="module")
+def server(gpt_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("server")
+    (root / "keys").write_text(f"# one key per line\n{KEY}\n")
+    args = ["--gpt", str(gpt_dir), "--api-keys", str(root / "keys"), "--max-body-mb", "1", "--max-image-mb", "0.5"]
+    srv = Server(args, root / "log").wait()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def post(server, path: str, body, headers=AUTH, timeout: float = 60) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(server.url + path, content=content, headers=headers, timeout=timeout)
+
+
+def engine_stats(server) -> dict:
+    return httpx.get(server.url + "/health", timeout=5).json()["engines"]["gpt"]
+
+
+def shape_png(color: str = "red") -> bytes:
+    """A shapes-world-like picture: a coloured disc on black, 64×64."""
+    im = Image.new("RGB", (64, 64), "black")
+    ImageDraw.Draw(im).ellipse([8, 8, 30, 30], fill=color)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# -- completions -----------------------------------------------------------------------------------
+def test_completion_matches_the_python_api(client, gpt):
+    greedy = client.completions.create(model="gpt", prompt="The cat", max_tokens=12, temperature=0)
+    ref = gpt.generate("The cat", 12, temperature=0)
+    assert greedy.object == "text_completion" and greedy.model == "gpt"
+    assert greedy.choices[0].text == ref.text
+    assert greedy.usage.prompt_tokens == 7 and greedy.usage.completion_tokens == len(ref.tokens)
+    sampled = client.completions.create(
+        model="gpt", prompt="The cat", max_tokens=12, temperature=0.9, top_p=0.95, seed=5
+    )
+    assert sampled.choices[0].text == gpt.generate("The cat", 12, temperature=0.9, top_p=0.95, seed=5).text
+    # the issue's request: no model named, a stop string
+    stop = ref.text[4:6] or "o"
+    cut = client.completions.create(model="gpt", prompt="The cat", max_tokens=12, temperature=0, stop=[stop])
+    assert cut.choices[0].text == gpt.generate("The cat", 12, temperature=0, stop=[stop]).text
+    assert cut.choices[0].finish_reason == "stop" and stop not in cut.choices[0].text
+
+
+def test_list_prompts_and_n_choices_seeded_per_choice(client):
+    r = client.completions.create(model="gpt", prompt=["ab", "cd"], n=2, max_tokens=6, temperature=1.0, seed=7)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert r.usage.prompt_tokens == 4
+    # choice j of a prompt is drawn with seed + j
+    alone = client.completions.create(model="gpt", prompt="ab", max_tokens=6, temperature=1.0, seed=8)
+    assert r.choices[1].text == alone.choices[0].text
+    assert r.choices[0].text != r.choices[1].text
+
+
+def test_streaming_gives_the_same_text_in_pieces_and_ends_with_done(client, server):
+    full = client.completions.create(model="gpt", prompt="Once", max_tokens=30, temperature=0).choices[0].text
+    chunks = list(client.completions.create(model="gpt", prompt="Once", max_tokens=30, temperature=0, stream=True))
+    assert len(chunks) > 3
+    assert "".join(c.choices[0].text for c in chunks) == full
+    assert chunks[-1].choices[0].finish_reason == "length"
+    stop = full[10:12]  # held back while it may be the start of the stop string, never sent
+    cut = client.completions.create(model="gpt", prompt="Once", max_tokens=30, temperature=0, stop=stop)
+    pieces = list(
+        client.completions.create(model="gpt", prompt="Once", max_tokens=30, temperature=0, stop=stop, stream=True)
+    )
+    assert "".join(c.choices[0].text for c in pieces) == cut.choices[0].text == full[: full.index(stop)]
+    assert pieces[-1].choices[0].finish_reason == "stop"
+    body = {
+        "model": "gpt",
+        "prompt": "Once",
+        "max_tokens": 5,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, headers=AUTH, timeout=30) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    usage = json.loads(lines[-2][len("data: ") :])["usage"]
+    assert usage == {"prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9}
+
+
+def test_echo_with_max_tokens_0_scores_the_text_like_gpt_score(server, client, gpt):
+    """What lm-eval's local-completions sends for log-likelihoods (token ids, echo, logprobs, max_tokens 0 or 1)."""
+    text = "the cat sat on the mat"
+    ref = gpt.score(text)  # conditions on end-of-text, GPT-2's document start
+    ids = [gpt.tokenizer.eot_id] + gpt.tokenizer.encode(text)
+    r = post(server, "/v1/completions", {"model": "gpt", "prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 1})
+    choice = r.json()["choices"][0]
+    lp = choice["logprobs"]
+    assert choice["text"] == text and lp["token_logprobs"][0] is None
+    assert lp["tokens"][1:] == ref["tokens"]
+    np.testing.assert_allclose(lp["token_logprobs"][1:], ref["logprobs"], atol=1e-4)
+    assert math.isclose(sum(lp["token_logprobs"][1:]), ref["total_logprob"], abs_tol=1e-3)
+    assert lp["text_offset"] == [0] + list(range(len(text)))
+    # each top_logprobs entry holds the most likely token and the one scored
+    for tok, top in zip(lp["tokens"][1:], lp["top_logprobs"][1:]):
+        assert tok in top and len(top) <= 2
+    # lm-eval's current payload: one generated token, parsed with [ctxlen:-1]
+    ctxlen = 4
+    r = post(server, "/v1/completions", {"model": "gpt", "prompt": ids, "max_tokens": 1, "echo": True, "logprobs": 1})
+    lp = r.json()["choices"][0]["logprobs"]["token_logprobs"]
+    assert len(lp) == len(ids) + 1
+    assert math.isclose(sum(lp[ctxlen:-1]), sum(ref["logprobs"][ctxlen - 1 :]), abs_tol=1e-3)
+    # a text prompt through the openai client: log p(token | the tokens before it), the first has none
+    echo = client.completions.create(model="gpt", prompt=text, max_tokens=0, echo=True, logprobs=0)
+    got = echo.choices[0].logprobs.token_logprobs
+    want = gpt.token_logprobs(torch.tensor([gpt.tokenizer.encode(text)]))[0].tolist()
+    assert got[0] is None and np.allclose(got[1:], want, atol=1e-4)
+
+
+def test_same_seed_same_text_alone_and_in_a_busy_batch(server):
+    mine = {"model": "gpt", "prompt": "Seeded request", "max_tokens": 48, "temperature": 1.0, "seed": 123}
+    alone = post(server, "/v1/completions", mine).json()["choices"][0]["text"]
+    before = engine_stats(server)
+    with ThreadPoolExecutor(9) as pool:
+        others = [
+            pool.submit(
+                post,
+                server,
+                "/v1/completions",
+                {"model": "gpt", "prompt": f"other {i} " * (i + 1), "max_tokens": 300, "temperature": 0.7},
+            )
+            for i in range(8)
+        ]
+        deadline = time.time() + 20
+        while engine_stats(server)["running"] < 4 and time.time() < deadline:
+            time.sleep(0.01)
+        busy = pool.submit(post, server, "/v1/completions", mine)
+        assert busy.result().json()["choices"][0]["text"] == alone
+        tokens = sum(f.result().json()["usage"]["completion_tokens"] for f in others + [busy])
+    steps = engine_stats(server)["steps"] - before["steps"]
+    assert steps < tokens / 2  # forward passes were shared
+
+
+def test_client_disconnect_mid_stream_frees_its_slot(server):
+    before = engine_stats(server)
+    body = {"model": "gpt", "prompt": "x", "max_tokens": CONTEXT - 8, "stream": True, "temperature": 1.0}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, headers=AUTH, timeout=30) as r:
+        lines = r.iter_lines()
+        got = [next(lines) for _ in range(6)]
+    assert any(line.startswith("data: {") for line in got)
+    deadline = time.time() + 10
+    while engine_stats(server)["running"] and time.time() < deadline:
+        time.sleep(0.02)
+    after = engine_stats(server)
+    assert after["running"] == 0
+    assert after["generated_tokens"] - before["generated_tokens"] < (CONTEXT - 8) // 2
+    assert post(server, "/v1/completions", {"prompt": "still", "max_tokens": 2}).status_code == 200
+
+
+# -- images, embeddings, classification ---------------------------------------------------------------
+def test_images_openai_client_png_reranked_and_seeded(client):
+    kwargs = dict(model="dalle", prompt="a red circle in the top left", n=2, size="64x64", response_format="b64_json")
+    r = client.images.generate(**kwargs, extra_body={"candidates": 4, "seed": 3})
+    images = [Image.open(io.BytesIO(base64.b64decode(d.b64_json))) for d in r.data]
+    assert len(images) == 2 and all(im.size == (64, 64) and im.format == "PNG" for im in images)
+    scores = [d.clip_score for d in r.data]
+    assert scores == sorted(scores, reverse=True)  # CLIP's pick first
+    again = client.images.generate(**kwargs, extra_body={"candidates": 4, "seed": 3})
+    assert [d.b64_json for d in again.data] == [d.b64_json for d in r.data]
+    with pytest.raises(openai.BadRequestError, match="64x64"):
+        client.images.generate(model="dalle", prompt="a red circle", size="1024x1024")
+
+
+def test_embeddings_text_and_image_normalised_equal_clip(client):
+    from clip.openclip import load_clip
+
+    png = shape_png()
+    inputs = ["a red circle", "data:image/png;base64," + base64.b64encode(png).decode()]
+    r = client.embeddings.create(model="clip", input=inputs)  # the client asks for base64 and decodes it
+    floats = client.embeddings.create(model="clip", input=inputs, encoding_format="float")
+    got = np.array([d.embedding for d in r.data])
+    np.testing.assert_allclose(got, np.array([d.embedding for d in floats.data]), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    clip = load_clip("clip").eval()
+    np.testing.assert_allclose(got[0], clip.embed_texts(["a red circle"])[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(got[1], clip.embed_images([png])[0].numpy(), atol=1e-5)
+
+
+def test_classifications_equal_the_zeroshot_cli(server, tmp_path, capsys):
+    from clip.zeroshot import main
+
+    path = tmp_path / "red.png"
+    path.write_bytes(shape_png())
+    labels = ["red circle", "blue square", "green star"]
+    assert main(["--model", "shapes", "--labels", ",".join(labels), "--json", "--no-progress", str(path)]) == 0
+    cli = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["probs"]
+    image = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    r = post(server, "/v1/classifications", {"model": "clip", "image": image, "labels": labels}).json()
+    api = r["data"][0]["probs"]
+    assert list(api) == labels and r["data"][0]["label"] == max(cli, key=cli.get)
+    for label in labels:
+        assert abs(api[label] - cli[label]) < 2e-6
+
+
+# -- auth, limits, bad requests -------------------------------------------------------------------------
+def test_auth_errors_in_openai_json(server):
+    wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        wrong.completions.create(model="gpt", prompt="a")
+    assert e.value.status_code == 401 and e.value.code == "invalid_api_key"
+    r = httpx.get(server.url + "/v1/models")
+    assert r.status_code == 401 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert httpx.get(server.url + "/v1/models", auth=("", KEY)).status_code == 200  # HTTP Basic, empty user
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_with_the_issue_s_exact_command(server):
+    cmd = (
+        "curl -s -u :$API_KEY -H 'Content-Type: application/json' " + server.url + "/v1/completions "
+        """-d '{"prompt": "Q: What is human life expectancy in the United States?\\nA: ...\\n\\nQ: What is the """
+        """meaning of life?\\n", "max_tokens": 16, "stop": ["\\n"]}'"""
+    )
+    out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env={**os.environ, "API_KEY": KEY})
+    r = json.loads(out.stdout)
+    assert r["object"] == "text_completion" and r["id"].startswith("cmpl-") and r["model"] == "gpt"
+    choice = r["choices"][0]
+    assert choice["index"] == 0 and choice["logprobs"] is None and "\n" not in choice["text"]
+    assert choice["finish_reason"] in ("stop", "length")
+    out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env={**os.environ, "API_KEY": "nope"})
+    assert json.loads(out.stdout)["error"]["code"] == "invalid_api_key"
+
+
+def _bomb() -> str:
+    im = Image.new("1", (9000, 9000))  # 81M pixels, a few KB as PNG
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_bad_request_corpus_gets_json_errors_and_the_server_stays_up(server):
+    png = base64.b64encode(shape_png()).decode()
+    two = ["a", "b"]
+    cases = [
+        ("/v1/completions", b"{not json", 400, None, "malformed JSON"),
+        ("/v1/completions", b"[1, 2]", 400, None, "JSON object"),
+        ("/v1/completions", {"prompt": 5}, 400, "prompt", "list of token ids"),
+        ("/v1/completions", {"prompt": "a", "max_tokens": "16"}, 400, "max_tokens", "integer"),
+        ("/v1/completions", {"prompt": "a", "temperature": "hot"}, 400, "temperature", "number"),
+        ("/v1/completions", {"prompt": "a", "echo": 1}, 400, "echo", "boolean"),
+        ("/v1/completions", {"prompt": "a", "max_tokens": -1}, 400, "max_tokens", "[0, 4096]"),
+        ("/v1/completions", {"prompt": "a", "max_tokens": 10**6}, 400, "max_tokens", "[0, 4096]"),
+        ("/v1/completions", {"prompt": "a", "n": 0}, 400, "n", "[1, 16]"),
+        ("/v1/completions", {"prompt": "a", "n": 99}, 400, "n", "[1, 16]"),
+        ("/v1/completions", {"prompt": "a", "top_p": 0}, 400, "top_p", "(0, 1]"),
+        ("/v1/completions", {"prompt": "x" * 2040, "max_tokens": 16}, 400, "prompt", "2048 tokens"),
+        ("/v1/completions", {"prompt": [70000]}, 400, "prompt", "vocabulary"),
+        ("/v1/completions", {"prompt": "a", "suffix": "b"}, 400, "suffix", "not supported"),
+        ("/v1/completions", {"model": "nope", "prompt": "a"}, 404, "model", "does not exist"),
+        ("/v1/completions", {"model": "clip", "prompt": "a"}, 400, "model", "needs a gpt model"),
+        ("/v1/completions", {"prompt": "a" * (1 << 20)}, 413, None, "limit"),
+        ("/v1/images/generations", {"n": 2}, 400, "prompt", "missing"),
+        ("/v1/images/generations", {"prompt": "a red circle", "n": 100}, 400, "n", "[1, 16]"),
+        ("/v1/images/generations", {"prompt": "a red circle", "size": "256x256"}, 400, "size", "64x64"),
+        ("/v1/images/generations", {"prompt": "red " * 40}, 400, "prompt", "at most 64"),
+        ("/v1/embeddings", {"input": 3}, 400, "input", "string"),
+        ("/v1/embeddings", {"input": "data:image/png;base64,!!"}, 400, "input[0]", "base64"),
+        (
+            "/v1/embeddings",
+            {"input": "data:image/png;base64," + base64.b64encode(b"x" * 700_000).decode()},
+            413,
+            "input[0]",
+            "limit",
+        ),
+        ("/v1/classifications", {"image": png, "labels": ["a", "A"]}, 400, "labels", "duplicate"),
+        ("/v1/classifications", {"image": png, "labels": ["a"]}, 400, "labels", "two labels"),
+        ("/v1/classifications", {"image": png, "labels": two, "templates": ["no slot"]}, 400, "templates", "{}"),
+        ("/v1/classifications", {"image": "aGVsbG8=", "labels": two}, 400, "image", "not a readable image"),
+        ("/v1/classifications", {"image": _bomb(), "labels": two}, 400, "image", "too large"),
+        ("/v1/nothing", {}, 404, None, "no route"),
+    ]
+    for path, body, status, param, words in cases:
+        r = post(server, path, body)
+        assert r.status_code == status, (path, body if isinstance(body, bytes) else str(body)[:80], r.text[:200])
+        error = r.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["param"] == param and words in error["message"], (error, words)
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    assert post(server, "/v1/completions", {"prompt": "ok", "max_tokens": 2}).status_code == 200
+
+
+# -- the playground page in a real browser ---------------------------------------------------------------
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_playground_page_in_chromium(server, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    png = tmp_path / "red.png"
+    png.write_bytes(shape_png())
+    labels = ["red circle", "blue square", "green star"]
+    greedy = post(server, "/v1/completions", {"prompt": "The cat", "max_tokens": 24, "temperature": 0})
+    image = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+    best = post(server, "/v1/classifications", {"image": image, "labels": labels}).json()["data"][0]["label"]
+    args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
+        try:
+            page = browser.new_page()
+            requested: list[str] = []
+            page.on("request", lambda req: requested.append(req.url))
+            page.goto(server.url + "/")
+            page.fill("#key", KEY)
+            page.dispatch_event("#key", "change")
+            page.wait_for_function("document.getElementById('gpt-model').options.length > 0")
+            # a prompt, the streamed answer, probabilities on hover
+            page.fill("#prompt", "The cat")
+            page.fill("#temperature", "0")
+            page.fill("#max-tokens", "24")
+            page.click("#complete")
+            page.wait_for_function("document.getElementById('completion-status').textContent.startsWith('done')")
+            shown = page.eval_on_selector("#completion", "e => e.textContent")
+            assert shown == greedy.json()["choices"][0]["text"]
+            assert page.locator("#completion .token").count() > 3
+            title = page.get_attribute("#completion .token >> nth=0", "title")
+            assert "p=" in title and "%" in title
+            # an image grid with CLIP's pick framed
+            page.fill("#caption", "a blue square in the center")
+            page.fill("#image-n", "3")
+            page.fill("#candidates", "4")
+            page.fill("#seed", "1")
+            page.click("#generate")
+            page.wait_for_selector("#images .cell >> nth=2")
+            assert page.locator("#images .cell").count() == 3
+            assert page.locator("#images .cell.pick").count() == 1
+            assert page.eval_on_selector("#images img", "e => e.naturalWidth") == 64
+            # zero-shot: upload, labels, bar chart
+            page.set_input_files("#file", str(png))
+            page.wait_for_function("document.getElementById('preview').src.startsWith('data:image/png')")
+            page.fill("#labels", ", ".join(labels))
+            page.click("#classify")
+            page.wait_for_selector("#bars .bar-row >> nth=2")
+            assert page.locator("#bars .bar-row .label").first.text_content() == best
+        finally:
+            browser.close()
+    assert requested and all(u.startswith(server.url) or u.startswith("data:") for u in requested)  # offline
+
+
+# -- start-up -------------------------------------------------------------------------------------------
+def test_start_up_says_who_can_use_it(server):
+    from multimodal.serve.cli import access_note
+
+    assert "API keys: 1 configured" in server.log.read_text()
+    assert f"listening on http://127.0.0.1:{server.port}" in server.log.read_text()
+    assert "loopback only (127.0.0.1)" in access_note(set(), None, "127.0.0.1")  # the default without keys
+    assert access_note(set(), "0.0.0.0", "0.0.0.0").startswith("warning: no API keys")
+    assert "warning" not in access_note(set(), "::1", "::1")
+
+
+def test_engine_prompts_prefilled_together_decode_like_generate(gpt):
+    """Prompts of different lengths admitted at once share one prefill and every decode step; each still gives
+    ``GPT.generate``'s greedy text, and a seeded one its sampled text."""
+    import queue
+
+    from multimodal.sampling import SamplingSettings
+    from multimodal.serve.engine import Choice, Engine, new_generator
+
+    engine = Engine(gpt, max_batch=4)
+    prompts = ["a", "hello there", "the quick brown fox", "xy" * 20, "z"]  # 5 > 4 slots: one waits for a free one
+    events: queue.Queue = queue.Queue()
+    greedy = SamplingSettings(temperature=0)
+    choices = [
+        Choice(gpt.tokenizer.encode(p), 12, greedy, lambda e, i=i: events.put((i, e))) for i, p in enumerate(prompts)
+    ]
+    sampled = SamplingSettings(temperature=1.0, seed=9)
+    choices.append(Choice(gpt.tokenizer.encode("seed"), 12, sampled, lambda e: events.put((5, e)), new_generator(9)))
+    try:
+        assert engine.submit(choices)
+        texts, done = [""] * 6, 0
+        while done < 6:
+            i, e = events.get(timeout=30)
+            texts[i] += e.text
+            done += e.finish_reason is not None
+        assert texts[:5] == [gpt.generate(p, 12, temperature=0).text for p in prompts]
+        assert texts[5] == gpt.generate("seed", 12, temperature=1.0, seed=9).text
+        assert engine.stats()["running"] == 0 and engine.steps < 6 * 12 / 2
+    finally:
+        engine.close()
+
+
+def test_engine_survives_a_failing_batch(gpt, capsys):
+    import queue
+
+    from multimodal.sampling import SamplingSettings
+    from multimodal.serve.engine import Choice, Engine
+
+    engine = Engine(gpt, max_batch=2)
+    events: queue.Queue = queue.Queue()
+    greedy = SamplingSettings(temperature=0)
+    try:
+        engine.submit([Choice([10**6], 4, greedy, events.put)])  # an id past the embedding table
+        assert "generation failed" in events.get(timeout=30).error
+        engine.submit([Choice([1, 2], 3, greedy, events.put)])
+        text = ""
+        while (e := events.get(timeout=30)).finish_reason is None:
+            text += e.text
+        assert text + e.text == gpt.generate("\x01\x02", 3, temperature=0).text
+    finally:
+        engine.close()
+    assert "IndexError" in capsys.readouterr().err  # the traceback goes to the server's log
+
+
+def test_without_keys_no_key_is_asked(gpt):
+    from fastapi.testclient import TestClient
+
+    from multimodal.serve.app import Served, create_app
+    from multimodal.serve.engine import Engine
+
+    engine = Engine(gpt, max_batch=2)
+    try:
+        with TestClient(create_app([Served("tiny", "gpt", gpt, "memory", engine)])) as http:
+            assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["tiny"]
+            r = http.post("/v1/completions", json={"prompt": "ab", "max_tokens": 3, "temperature": 0})
+            assert r.json()["choices"][0]["text"] == gpt.generate("ab", 3, temperature=0).text
+            assert "<title>multimodal playground</title>" in http.get("/").text
+    finally:
+        engine.close()
+
+
+def test_bad_flags_and_checkpoints_are_one_error_line(tmp_path, capsys):
+    from multimodal.serve.cli import main
+
+    port = str(free_port())
+    assert main(["--gpt", str(tmp_path / "missing"), "--no-packaged", "--port", port]) == 2
+    assert main(["--no-packaged", "--port", port]) == 2
+    assert main(["--clip-model", "ViT-B-32", "--no-packaged", "--port", port]) == 2
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["--port", str(busy.getsockname()[1])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(line.startswith("error: ") for line in err)
+    assert err[0].startswith("error: --gpt:") and "no model to serve" in err[1] and "cannot listen" in err[3]
