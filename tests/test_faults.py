@@ -36,8 +36,8 @@ def _train_cmd(root: Path, *extra: str) -> list[str]:
         "--trainer.enable_model_summary=false",
         "--trainer.logger=false",
         "--trainer.callbacks.every_n_train_steps=5",
-        "--model.config.width=32",
-        "--model.config.layers=2",
+        "--model.config.backbone.width=32",
+        "--model.config.backbone.layers=2",
         "--model.config.context_length=32",
         "--data.context_length=32",
         "--data.batch_size=8",
@@ -164,7 +164,7 @@ def _export_many(args: tuple[str, int]) -> int:
 
     directory, seed = args
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(vocab_size=257, context_length=16, width=16, layers=1, heads=2))
+    model = GPT(GPTConfig(vocab_size=257, context_length=16, backbone={"width": 16, "layers": 1, "heads": 2}))
     for _ in range(25):
         save_export(model, directory, {"writer": seed})
     return seed

@@ -45,7 +45,8 @@ def files(tmp_path_factory) -> dict[str, str]:
     torch.manual_seed(0)
     f = {
         "GPT": save_export(
-            GPT(GPTConfig(vocab_size=257, context_length=16, width=16, layers=1, heads=2)), root / "gpt"
+            GPT(GPTConfig(vocab_size=257, context_length=16, backbone={"width": 16, "layers": 1, "heads": 2})),
+            root / "gpt",
         ),
         "DALLE": dalle_export(root / "dalle"),
         "CLIP": tiny_clip_export(root / "clip"),

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 # modules whose first argument is a subcommand (its own --help lists its flags)
 SUBCOMMANDS = {"dalle.vae": "dalle.vae.cli", "clip.openclip": "clip.openclip", "multimodal.demo": "multimodal.demo"}
+# packages whose `python -m` runs a main() that lives in a submodule
+ENTRY_POINTS = {**SUBCOMMANDS, "multimodal.serve": "multimodal.serve.cli"}
 
 
 def readme_commands() -> list[list[str]]:
@@ -37,7 +39,7 @@ COMMANDS = readme_commands()
 
 
 def help_text(module: str, sub: str | None, capsys) -> str:
-    name = SUBCOMMANDS.get(module, module)
+    name = ENTRY_POINTS.get(module, module)
     mod = importlib.import_module(name)
     with pytest.raises(SystemExit) as e:
         mod.main([sub, "--help"] if sub else ["--help"])

@@ -51,7 +51,9 @@ def models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    gpt = save_export(GPT(GPTConfig(vocab_size=257, context_length=32, width=32, layers=1, heads=2)), root / "gpt")
+    gpt = save_export(
+        GPT(GPTConfig(vocab_size=257, context_length=32, backbone={"width": 32, "layers": 1, "heads": 2})), root / "gpt"
+    )
     return {
         "gpt": gpt,
         "dalle": dalle_export(root / "dalle"),
@@ -255,10 +257,10 @@ EDITS = {
     "JSON list": lambda kind: lambda m: [m],
     "config a string": lambda kind: lambda m: {**m, "config": "oops"},
 }
-# a field of each kind's config, as config.json names it (nested for CLIP: the vision tower's width)
+# a field of each kind's config, as config.json names it (nested for CLIP: the vision tower's backbone width)
 FIELD = {
     "gpt": ("vocab_size", "config.vocab_size"),
-    "dalle": ("layers", "config.layers"),
+    "dalle": ("backbone", "config.backbone"),
     "judge": ("width", "config.width"),
 }
 
@@ -316,7 +318,13 @@ def test_every_tool_names_the_bad_config_field(models, tmp_path, capsys, edit):
     import importlib
 
     clip_edit = {
-        "wrong type": lambda m: {**m, "config": {**m["config"], "vision": {**m["config"]["vision"], "width": "four"}}},
+        "wrong type": lambda m: {
+            **m,
+            "config": {
+                **m["config"],
+                "vision": {**m["config"]["vision"], "backbone": {**m["config"]["vision"]["backbone"], "width": "four"}},
+            },
+        },
         "JSON list": lambda m: [m],
         "config a string": lambda m: {**m, "config": "oops"},
     }[edit]
@@ -328,7 +336,7 @@ def test_every_tool_names_the_bad_config_field(models, tmp_path, capsys, edit):
     expected = {
         "wrong type": {
             "gpt": "config.vocab_size: expected int",
-            "clip": "config.vision.width: expected int",
+            "clip": "config.vision.backbone.width: expected int",
             "judge": "config.width: expected int",
         },
         "JSON list": dict.fromkeys(("gpt", "clip", "judge"), "expected a JSON object, got a list"),
@@ -373,7 +381,7 @@ def test_clip_config_weights_mismatch_names_the_tensor_and_shapes(models, tmp_pa
     from clip.zeroshot import main
 
     def wider(m):
-        m["config"]["vision"]["width"] = 64
+        m["config"]["vision"]["backbone"]["width"] = 64
         return m
 
     bad = broken_copy(models["clip"], tmp_path / "clip", wider)

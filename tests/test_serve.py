@@ -81,7 +81,11 @@ def gpt_dir(tmp_path_factory) -> Path:
     from multimodal.gpt import GPT, GPTConfig
 
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=257, context_length=CONTEXT, width=32, layers=2, heads=4, tokenizer="byte"))
+    model = GPT(
+        GPTConfig(
+            vocab_size=257, context_length=CONTEXT, tokenizer="byte", backbone={"width": 32, "layers": 2, "heads": 4}
+        )
+    )
     return save_export(model, tmp_path_factory.mktemp("serve") / "gpt")
 
 
