@@ -117,3 +117,12 @@ def test_data_errors_are_clear(tmp_path):
     assert ClassificationDataModule(train=str(good)).label_names == ["1", "2", "10"]  # integers sort numerically
     with pytest.raises(ValueError, match="lm_weight"):
         ClassifierModule(config=TINY, lm_weight=-1)
+
+
+def test_read_examples_keeps_unicode_line_separators_inside_records(tmp_path):
+    path = tmp_path / "data.jsonl"
+    rows = [{"text": "first\u2028line", "label": "a"}, {"text": "second\u0085one", "label": "b"}]
+    path.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n", encoding="utf-8")
+    from multimodal.gpt.finetune import read_examples
+
+    assert read_examples(path) == [("first\u2028line", "a"), ("second\u0085one", "b")]

@@ -225,7 +225,8 @@ def read_examples(path: str | Path, text_field: str = "text", label_field: str =
                 raise ValueError(f"{path}: the CSV header needs columns {text_field!r} and {label_field!r}")
             rows = [(r[text_field], str(r[label_field])) for r in reader]
     else:
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        # split at "\n" only: str.splitlines also splits at U+2028, U+2029 and U+0085, valid inside JSON strings
+        for i, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
             if not line.strip():
                 continue
             try:
