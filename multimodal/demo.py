@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from multimodal.checkpoint import PACKAGED_DIR, WEIGHTS_FILE, CheckpointError, load_model, packaged_model_path
-from multimodal.cli import fail
+from multimodal.cli import add_progress_flag, fail
 from multimodal.images import bar_chart_png, grid_png, to_pil
 from multimodal.sampling import SamplingSettings
 
@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidates", type=int, default=16, help="DALL·E samples per caption (CLIP keeps one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    add_progress_flag(p)
     args = p.parse_args(argv)
     if args.command == "build":
         record = build(Path.cwd(), args.skip_training, not args.fp32)
@@ -293,7 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     try:
         result = run_demo(
-            Path(args.out), Path(args.models) if args.models else None, args.prompts, args.candidates, args.seed
+            Path(args.out),
+            Path(args.models) if args.models else None,
+            args.prompts,
+            args.candidates,
+            args.seed,
+            progress=not args.no_progress,
         )
     except CheckpointError as e:
         return fail(e)

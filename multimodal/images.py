@@ -282,7 +282,7 @@ def grid_png(
     cell = rows[0][0].width * scale
     f = font(text_size)
     pad, top = 6, text_size + 8 if header else 0
-    label_w = 20 + max(int(f.getlength(label[:48])) for label in labels)
+    label_w = 20 + max(int(f.getlength(label[:64])) for label in labels)
     cols = max(len(r) for r in rows)
     canvas = Image.new("RGB", (label_w + cols * (cell + pad) + pad, top + len(rows) * (cell + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
@@ -290,7 +290,7 @@ def grid_png(
         draw.text((label_w + pad + c * (cell + pad), 2), text, fill="black", font=f)
     for r, (images, label) in enumerate(zip(rows, labels)):
         y = top + pad + r * (cell + pad)
-        draw.text((pad, y + cell // 2 - text_size // 2), label[:48], fill="black", font=f)
+        draw.text((pad, y + cell // 2 - text_size // 2), label[:64], fill="black", font=f)
         for c, im in enumerate(images):
             x = label_w + pad + c * (cell + pad)
             canvas.paste(im.resize((cell, cell), Image.Resampling.NEAREST), (x, y))
