@@ -16,14 +16,18 @@ import torch
 
 from multimodal.checkpoint import CheckpointError
 from multimodal.cli import fail
-from multimodal.gpt.model import load_text_model
+from multimodal.gpt.model import checkpoint_or_packaged, load_text_model
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m multimodal.score", description=__doc__.split("\n\n")[0])
     p.add_argument("text", nargs="?", help="text to score ('-' reads standard input)")
     p.add_argument("--file", default=None, help="score the contents of this file instead")
-    p.add_argument("--checkpoint", required=True, help="export directory, Lightning .ckpt, or HF GPT-2 directory")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="export directory, Lightning .ckpt, or HF GPT-2 directory (default: the packaged GPT)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps …")
     p.add_argument("--json", action="store_true", help="one JSON object: tokens, logprobs, total, perplexity")
     p.add_argument("--tokens", action="store_true", help="also list every token's log-prob (text output)")
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if not text:
         return fail("empty text: nothing to score")
     try:
-        model = load_text_model(args.checkpoint, args.device)
+        model = load_text_model(checkpoint_or_packaged(args.checkpoint), args.device)
     except CheckpointError as e:
         return fail(str(e))
     with torch.inference_mode():
