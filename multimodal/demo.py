@@ -8,12 +8,11 @@ judge, all trained on the synthetic shapes world), then
 2. classifies rendered images zero-shot with CLIP among every colour × shape label;
 3. completes image prompts (the top rows of a rendered image's codes are kept, the rest sampled);
 4. scores every generated image with the judge against what its caption asked for;
+5. when a GPT is packaged, shows it learning in context: held-out prompts at k = 0 and k = 4 with its
+   answers, accuracy against k, and the size sweep's figures;
 
 and writes ``demo/index.html`` (image grids and bar charts as PNG; opens in a browser with no server)
 plus a table of scores on the terminal.
-
-5. when a GPT is packaged, shows it learning in context: held-out prompts at k = 0 and k = 4 with its
-   answers, accuracy against k, and the size sweep's figures;
 
 ``python -m multimodal.demo build`` retrains the five demo models with the shipped configs and
 packages them (``--help`` for the options).

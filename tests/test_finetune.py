@@ -117,3 +117,13 @@ def test_data_errors_are_clear(tmp_path):
     assert ClassificationDataModule(train=str(good)).label_names == ["1", "2", "10"]  # integers sort numerically
     with pytest.raises(ValueError, match="lm_weight"):
         ClassifierModule(config=TINY, lm_weight=-1)
+
+
+def test_compare_validates_on_the_queries_fewshot_asks():
+    """The few-shot vs fine-tuning comparison: val rows are the held-out `compare` queries of the harness."""
+    from multimodal.gpt.fewshot import load_tasks
+
+    dm = ClassificationDataModule(synthetic="compare", synthetic_examples=300, val_examples=50, batch_size=8)
+    queries, _ = load_tasks("compare", 50)["compare"]
+    assert dm.val_rows == [(q["prompt"], q["completion"]) for q in queries]
+    assert not set(dm.val_rows) & set(dm.train_rows) and dm.label_names == ["less", "more"]

@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-docs", type=int, default=20000, help="documents to generate")
     p.add_argument("--train", default=None, help="text files / directories / globs instead of a synthetic source")
     p.add_argument("--val", default=None, help="validation text (default: a held-out part of the synthetic data)")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.05, help="share of synthetic documents held out for validation"
+    )
     p.add_argument("--context", type=int, default=64, help="tokens per sequence (default 64)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--tokens", type=float, default=2e5, help="training tokens per size (same for all; default 2e5)")
@@ -266,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoints",
         default=None,
-        help="comma-separated exports already trained on the same data (e.g. one config per size): measure "
-        "their validation loss instead of training --sizes",
+        help="comma-separated exports already trained on the same data with the same --batch-size and "
+        "--context (e.g. one config per size): measure their validation loss instead of training --sizes",
     )
     p.add_argument("--out", default="runs/scaling", help="directory for scaling.csv / .png / .json")
     p.add_argument("--overwrite", action="store_true", help="replace scaling.* files already in --out")
@@ -303,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             val=args.val,
             synthetic=None if args.train else args.synthetic,
             synthetic_docs=args.synthetic_docs,
+            val_fraction=args.val_fraction,
             context_length=args.context,
             batch_size=args.batch_size,
             seed=args.seed,
