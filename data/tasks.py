@@ -309,7 +309,7 @@ def instances(task: str, n: int, seed: int = 0, split: str = "test") -> list[dic
 
 
 def training_documents(
-    n: int, seed: int = 0, tasks: str = "all", max_examples: int = 8, in_context_weight: float = 3.0
+    n: int, seed: int = 0, tasks: str = "all", max_examples: int = 8, in_context_weight: float = 8.0
 ) -> list[str]:
     """``n`` few-shot-style documents of train instances: one task (and language) per document, an
     optional task description (half the documents), then 1..``max_examples`` lines ``input => output``.
@@ -340,13 +340,13 @@ def training_documents(
 
 
 def _in_context_document(task: str, rng: random.Random, max_examples: int) -> str:
-    n_lines = rng.randint(2, max_examples)
+    n_lines = rng.randint(3, max_examples + 1)
     if task == "lexicon":
-        # every line is a new pair or, half the time, one seen before: the repeats teach copying
+        # every line is a new pair or, 60 % of the time, one seen before: the repeats teach copying
         pairs = lexicon_pairs(rng, "train", n_lines)
         lines, shown = [], 0
         for _ in range(n_lines):
-            if shown and (shown == len(pairs) or rng.random() < 0.5):
+            if shown and (shown == len(pairs) or rng.random() < 0.6):
                 lines.append(pairs[rng.randrange(shown)])
             else:
                 lines.append(pairs[shown])
