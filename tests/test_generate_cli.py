@@ -76,12 +76,14 @@ def test_packaged_gpt_is_the_default_with_a_note(capsys):
 
     if packaged_path("gpt") is None:
         pytest.skip("no GPT packaged (python -m multimodal.demo build)")
-    assert main(["sky = ciel; dog = chien; cat = chat; dog =", "--temperature", "0", "--max-tokens", "7"]) == 0
+    prompt = "sky = ciel; dog = chien; cat = chat; dog ="
+    assert main([prompt, "--temperature", "0", "--json"]) == 0
     captured = capsys.readouterr()
-    assert captured.out.startswith("sky = ciel; dog = chien; cat = chat; dog = chien")
+    record = json.loads(captured.out)
+    assert record["prompt_truncated"] is False and record["completion"].startswith(" ")  # a word follows " ="
     assert captured.err.count("note: the packaged GPT knows only") == 1
     assert score(["sky => ciel", "--json"]) == 0
     assert "note:" in capsys.readouterr().err
     assert fewshot(["--tasks", "lexicon", "--n", "10", "--shots", "0,4", "--json", "--no-progress"]) == 0
     acc = json.loads(capsys.readouterr().out)["accuracy"]["lexicon"]
-    assert acc["0"] <= 0.2 < acc["4"]  # the answer is in the prompt, and the model reads it there
+    assert acc["0"] == 0.0  # a held-out made-up word cannot be known without the prompt's examples

@@ -71,5 +71,6 @@ def test_fit_of_models_trained_elsewhere(tmp_path, capsys):
     assert main([*args, "--val-batches", "2", "--out", str(out), "--json", "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in summary["runs"]] == ["16x1", "32x2"] and summary["runs"][0]["steps"] == 10
+    assert summary["runs"][0]["tokens"] == 10 * 16 * 32  # steps x --batch-size x --context
     assert all(4 < r["val_loss"] < 7 for r in summary["runs"])  # untrained: near ln(257)
     assert (out / "scaling.png").stat().st_size > 0 and summary["power_law"] is not None

@@ -132,6 +132,7 @@ def measure_checkpoints(paths: list[str], data: TextDataModule, val_batches: int
         steps = int(info.get("trained_steps", 0))
         name = f"{cfg.width}x{cfg.layers}"
         total = sum(p.numel() for p in model.parameters())
+        tokens = steps * data.hparams.batch_size * (data.length - 1)  # at this --batch-size and --context
         runs.append(
             Run(
                 name,
@@ -140,7 +141,7 @@ def measure_checkpoints(paths: list[str], data: TextDataModule, val_batches: int
                 cfg.heads,
                 non_embedding_params(model),
                 total,
-                0,
+                tokens,
                 steps,
                 sum(losses) / len(losses),
                 0.0,
