@@ -7,6 +7,14 @@
   dictionaries: Florp keeps the English order, Zib puts the noun first (as ``sea otter => loutre de mer``
   reorders). Which language a query wants is not visible in the query itself: the task description or
   one example in the prompt tells it, which is what few-shot prompting is for.
+- in-context tasks whose answer exists only in the prompt (``IN_CONTEXT``), drawn fresh for every prompt:
+  ``lexicon`` asks a word of a made-up lexicon the prompt defines (``sky => ciel`` … ``sky =>``: the query
+  is one of the prompt's pairs), ``affix`` a made-up suffix the examples add to every word
+  (``dog => dogzu``, ``cat => catzu``, ``tree =>`` ``treezu``). With no example (k = 0) neither answer
+  can be known; their made-up words are split train / held out by hash, so a held-out answer never
+  occurs in any training document. Their records carry their own ``examples`` (the first is the one the
+  answer needs).
+- ``compare``: a 2-class task (``37 vs 52 => less``) for few-shot vs fine-tuning.
 
 Every instance is either *train* or *held out* by a fixed hash of what it asks (``split``), so a model
 trained on ``training_documents`` never saw the held-out instances ``sample(..., split="test")`` draws.
@@ -132,6 +140,83 @@ def _translate(rng: random.Random, group: str | None) -> Instance:
     return key, f"{adj} {noun}", lang.translate(adj, noun), distractors, lang_id, f"Translate English to {lang.name}."
 
 
+# -- in-context tasks: the made-up words of a prompt are drawn fresh for it ---------------------------------
+CONSONANTS, VOWELS = "bdfgklmnprstvz", "aeiou"
+LEXICON_WORDS = sorted(set(WORDS[:60] + ADJECTIVES + NOUNS + "sky sun tea egg ice car pen sea rain snow".split()))
+
+
+def fresh_word(rng: random.Random, split: str, syllables: tuple[int, ...] = (2, 2, 3)) -> str:
+    """A pronounceable nonsense word from ``split``'s side of a fixed hash: a held-out (``test``) word
+    never appears in a training document."""
+    while True:
+        w = "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(rng.choice(syllables)))
+        if held_out("word:" + w) == (split == "test"):
+            return w
+
+
+def fresh_affix(rng: random.Random, split: str) -> str:
+    while True:
+        a = rng.choice(CONSONANTS) + rng.choice(VOWELS) + (rng.choice("nrst") if rng.random() < 0.5 else "")
+        if held_out("affix:" + a) == (split == "test"):
+            return a
+
+
+def lexicon_pairs(rng: random.Random, split: str, n: int) -> list[tuple[str, str]]:
+    """``n`` pairs (English word, made-up word) of a lexicon drawn fresh: distinct words on both sides."""
+    english = rng.sample(LEXICON_WORDS, n)
+    made_up: list[str] = []
+    while len(made_up) < n:
+        w = fresh_word(rng, split)
+        if w not in made_up:
+            made_up.append(w)
+    return list(zip(english, made_up))
+
+
+IN_CONTEXT_EXAMPLES = 8  # examples an in-context record carries (k above it shows them all)
+
+
+def _lexicon(rng: random.Random, split: str) -> dict:
+    pairs = lexicon_pairs(rng, split, IN_CONTEXT_EXAMPLES)
+    x, y = pairs[0]
+    wrong = [p[1] for p in pairs[1:4]]
+    return {
+        "key": f"lexicon:{y}",
+        "prompt": x,
+        "completion": y,
+        "distractors": wrong,
+        "examples": [list(p) for p in pairs],
+        "description": "Translate into the made-up language of the examples.",
+    }
+
+
+def _affix(rng: random.Random, split: str) -> dict:
+    affix = fresh_affix(rng, split)
+    words = rng.sample(WORDS, IN_CONTEXT_EXAMPLES + 1)
+    query, shown = words[0], words[1:]
+    others = [query + fresh_affix(rng, split) for _ in range(2)]
+    return {
+        "key": f"affix:{affix}",
+        "prompt": query,
+        "completion": query + affix,
+        "distractors": [query, *others],
+        "examples": [[w, w + affix] for w in shown],
+        "description": "Add the ending the examples add.",
+    }
+
+
+IN_CONTEXT: dict[str, Callable[[random.Random, str], dict]] = {"lexicon": _lexicon, "affix": _affix}
+
+
+def _compare(rng: random.Random, group: str | None) -> Instance:
+    while True:
+        a, b = rng.randrange(100), rng.randrange(100)
+        if a != b:
+            break
+    ans = "more" if a > b else "less"
+    other = "less" if ans == "more" else "more"
+    return f"compare:{a},{b}", f"{a} vs {b}", ans, [other], "", "Is the first number more or less?"
+
+
 TASKS: dict[str, Callable[[random.Random, str | None], Instance]] = {
     "add2": _arithmetic(2, "+"),
     "add3": _arithmetic(3, "+"),
@@ -141,8 +226,14 @@ TASKS: dict[str, Callable[[random.Random, str | None], Instance]] = {
     "anagram": _scramble("anagram"),
     "reverse": _scramble("reverse"),
     "translate": _translate,
+    "compare": _compare,
 }
-GROUPS = {"arithmetic": ["add2", "add3", "sub2", "sub3"], "words": ["cycle", "anagram", "reverse"]}
+GROUPS = {
+    "arithmetic": ["add2", "add3", "sub2", "sub3"],
+    "words": ["cycle", "anagram", "reverse"],
+    "incontext": list(IN_CONTEXT),
+}
+ALL_TASKS = [*TASKS, *IN_CONTEXT]
 
 
 def resolve(names: str) -> list[str]:
@@ -151,10 +242,10 @@ def resolve(names: str) -> list[str]:
     for name in (n.strip() for n in names.split(",")):
         if not name:
             continue
-        picked = list(TASKS) if name == "all" else GROUPS.get(name, [name])
+        picked = list(ALL_TASKS) if name == "all" else GROUPS.get(name, [name])
         for p in picked:
-            if p not in TASKS:
-                raise ValueError(f"unknown task {p!r}; built-in tasks: {', '.join([*TASKS, *GROUPS, 'all'])}")
+            if p not in ALL_TASKS:
+                raise ValueError(f"unknown task {p!r}; built-in tasks: {', '.join([*ALL_TASKS, *GROUPS, 'all'])}")
             if p not in out:
                 out.append(p)
     if not out:
@@ -166,6 +257,20 @@ def sample(task: str, rng: random.Random, split: str = "test", group: str | None
     """One instance of ``task`` from ``split`` (``train`` or ``test`` = held out), as a record."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, got {split!r}")
+    if task in IN_CONTEXT:
+        r = IN_CONTEXT[task](rng, split)
+        choices = [r["completion"], *dict.fromkeys(d for d in r.pop("distractors") if d != r["completion"])]
+        order = list(range(len(choices)))
+        rng.shuffle(order)
+        r.pop("key")
+        return {
+            "task": task,
+            **r,
+            "context": r["prompt"],
+            "choices": [choices[i] for i in order],
+            "answer": order.index(0),
+            "group": "",
+        }
     make = TASKS[task]
     for _ in range(10_000):  # rejection: ~15 % of instances are held out
         key, x, y, distractors, g, desc = make(rng, group)
@@ -194,26 +299,35 @@ def instances(task: str, n: int, seed: int = 0, split: str = "test") -> list[dic
     out, seen = [], set()
     for _ in range(n * 50):
         r = sample(task, rng, split)
-        if (r["prompt"], r["group"]) in seen:
+        if (r["prompt"], r["completion"], r["group"]) in seen:
             continue
-        seen.add((r["prompt"], r["group"]))
+        seen.add((r["prompt"], r["completion"], r["group"]))
         out.append(r)
         if len(out) == n:
             break
     return out
 
 
-def training_documents(n: int, seed: int = 0, tasks: str = "all", max_examples: int = 8) -> list[str]:
+def training_documents(
+    n: int, seed: int = 0, tasks: str = "all", max_examples: int = 8, in_context_weight: float = 8.0
+) -> list[str]:
     """``n`` few-shot-style documents of train instances: one task (and language) per document, an
     optional task description (half the documents), then 1..``max_examples`` lines ``input => output``.
 
     The first line of a document is a zero-shot instance, the later ones are few-shot: whatever the model
-    learns about using earlier lines to answer later ones is in-context learning."""
+    learns about using earlier lines to answer later ones is in-context learning. In-context tasks (drawn
+    ``in_context_weight`` times as often as each other task) draw a fresh lexicon or affix per document
+    whose later lines repeat or follow the earlier ones; a third of them are written inline
+    (``sky = ciel; dog = chien; sky = ciel``), the other prompt style of ``multimodal.generate``."""
     rng = random.Random(seed)
     names = resolve(tasks)
+    weights = [in_context_weight if t in IN_CONTEXT else 1.0 for t in names]
     docs = []
     for _ in range(n):
-        task = rng.choice(names)
+        task = rng.choices(names, weights)[0]
+        if task in IN_CONTEXT:
+            docs.append(_in_context_document(task, rng, max_examples))
+            continue
         first = sample(task, rng, "train")
         records = [first] + [
             sample(task, rng, "train", first["group"] or None) for _ in range(rng.randint(0, max_examples - 1))
@@ -223,6 +337,29 @@ def training_documents(n: int, seed: int = 0, tasks: str = "all", max_examples: 
             lines.insert(0, first["description"])
         docs.append("\n".join(lines))
     return docs
+
+
+def _in_context_document(task: str, rng: random.Random, max_examples: int) -> str:
+    n_lines = rng.randint(3, max_examples + 1)
+    if task == "lexicon":
+        # every line is a new pair or, 60 % of the time, one seen before: the repeats teach copying
+        pairs = lexicon_pairs(rng, "train", n_lines)
+        lines, shown = [], 0
+        for _ in range(n_lines):
+            if shown and (shown == len(pairs) or rng.random() < 0.6):
+                lines.append(pairs[rng.randrange(shown)])
+            else:
+                lines.append(pairs[shown])
+                shown += 1
+    else:
+        affix = fresh_affix(rng, "train")
+        lines = [(w, w + affix) for w in rng.sample(WORDS, n_lines)]
+    if rng.random() < 1 / 3:
+        return "; ".join(f"{x} = {y}" for x, y in lines)
+    text = "\n".join(format_example(x, y) for x, y in lines)
+    if rng.random() < 0.5:
+        text = IN_CONTEXT[task](rng, "train")["description"] + "\n" + text
+    return text
 
 
 SEPARATOR = " =>"

@@ -58,6 +58,11 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 PACKAGED_DIR = Path(__file__).parent / "demo_models"
 PACKAGED = {"clip": "clip", "dalle": "dalle", "judge": "judge", "gpt": "gpt"}
 SHAPES_ONLY_NOTE = "note: the demo model knows only the synthetic shapes world (coloured shapes at named places)"
+GPT_TASKS_NOTE = (
+    "note: the packaged GPT knows only the synthetic GPT-3 tasks of data/tasks.py (prompts like "
+    "'sky = ciel; dog = chien; sky =' or '12 + 35 =>', unscrambling, 'a vs b'), bytes, 128-token context; it "
+    "reads made-up words from the prompt only weakly so far (README, GPT at CPU scale)"
+)
 
 
 class CheckpointError(Exception):

@@ -8,11 +8,13 @@ judge, all trained on the synthetic shapes world), then
 2. classifies rendered images zero-shot with CLIP among every colour × shape label;
 3. completes image prompts (the top rows of a rendered image's codes are kept, the rest sampled);
 4. scores every generated image with the judge against what its caption asked for;
+5. when a GPT is packaged, shows it learning in context: held-out prompts at k = 0 and k = 4 with its
+   answers, accuracy against k, and the size sweep's figures;
 
 and writes ``demo/index.html`` (image grids and bar charts as PNG; opens in a browser with no server)
 plus a table of scores on the terminal.
 
-``python -m multimodal.demo build`` retrains the four demo models with the shipped configs and
+``python -m multimodal.demo build`` retrains the five demo models with the shipped configs and
 packages them (``--help`` for the options).
 """
 
@@ -30,7 +32,14 @@ from pathlib import Path
 
 import torch
 
-from multimodal.checkpoint import PACKAGED_DIR, WEIGHTS_FILE, CheckpointError, load_model, packaged_model_path
+from multimodal.checkpoint import (
+    PACKAGED_DIR,
+    WEIGHTS_FILE,
+    CheckpointError,
+    load_model,
+    packaged_model_path,
+    packaged_path,
+)
 from multimodal.cli import add_progress_flag, fail
 from multimodal.images import bar_chart_png, grid_png, to_pil
 from multimodal.sampling import SamplingSettings
@@ -43,7 +52,12 @@ RECIPES = [
     ("vae", "configs/vae/shapes.yaml", "runs/vae-shapes"),
     ("clip", "configs/clip/shapes.yaml", "runs/clip-shapes"),
     ("dalle", "configs/dalle/shapes.yaml", "runs/dalle-shapes"),
+    ("gpt", "configs/gpt/tasks.yaml", "runs/gpt-tasks/export"),
 ]
+# Figures of the GPT size sweep (README "GPT"), shipped beside the packaged GPT when they were made.
+GPT_FIGURES = {"runs/gpt-sweep/scaling.png": "scaling.png", "runs/gpt-sweep/fewshot-sizes.png": "fewshot-sizes.png"}
+# Few-shot tasks on the demo page: the in-context ones, then the paper's arithmetic and unscrambling.
+GPT_DEMO_TASKS = ("lexicon", "affix", "add2", "reverse")
 
 
 def load_demo_models(root: Path | None = None, device: str = "cpu") -> dict:
@@ -130,6 +144,59 @@ def complete_image_prompts(models: dict, count: int, rows: int, seed: int, candi
     }
 
 
+@torch.no_grad()
+def language_section(gpt, out: Path, seed: int, queries: int = 20) -> tuple[str, dict[str, float]]:
+    """The packaged GPT on held-out instances: one prompt per task at k = 0 and k = 4 with its answers,
+    and accuracy against k (``queries`` per task). Returns the HTML and the mean accuracies."""
+    import random
+
+    from data import tasks
+    from multimodal.gpt.fewshot import build_prompt, evaluate, greedy, load_tasks, mean_accuracy, plot_accuracy
+
+    tok = gpt.tokenizer
+    rows = []
+    for name in GPT_DEMO_TASKS:
+        q = tasks.instances(name, 1, seed + 1, "test")[0]
+        pool = q.get("examples") or [
+            (r["prompt"], r["completion"]) for r in tasks.instances(name, 4, seed + 1, "train")
+        ]
+        for k in (0, 4):
+            shown = [tuple(e) for e in pool[:k]]
+            random.Random(seed).shuffle(shown)
+            prompt = build_prompt(q["prompt"], shown)
+            answer = greedy(gpt, [tok.eot_id, *tok.encode(prompt)], len(tok.encode(q["completion"])) + 2).strip()
+            rows.append((name, k, prompt, answer, q["completion"]))
+    shots = [0, 1, 2, 4]
+    report = evaluate(gpt, load_tasks(",".join(GPT_DEMO_TASKS), queries, seed), shots, progress=False)
+    plot = plot_accuracy(report["results"], out / "gpt-fewshot.png", "packaged GPT: held-out accuracy vs k")
+    means = {k: mean_accuracy(report, k) for k in shots}
+    parts = [
+        "<h2>GPT: in-context learning</h2><p>The packaged GPT (bytes, trained on the GPT-3 paper's synthetic "
+        "tasks, <code>configs/gpt/tasks.yaml</code>) answers held-out queries greedily, with no gradient step; "
+        "the made-up words of <i>lexicon</i> and <i>affix</i> are drawn fresh for every prompt, so with no "
+        "example (k = 0) the answer cannot be known.</p>",
+        "<table><tr><th>task</th><th>k</th><th>prompt</th><th>model's answer</th><th>expected</th></tr>",
+    ]
+    for name, k, prompt, answer, expected in rows:
+        mark = "✓" if answer == expected else "✗"
+        parts.append(
+            f"<tr><td>{name}</td><td>{k}</td><td><pre>{html.escape(prompt)}</pre></td>"
+            f"<td>{html.escape(answer)} {mark}</td><td>{html.escape(expected)}</td></tr>"
+        )
+    parts.append("</table>")
+    parts.append(
+        f"<h3>Accuracy vs k</h3><p>{queries} held-out queries per task; mean exact match "
+        + ", ".join(f"k = {k}: {100 * v:.0f}%" for k, v in means.items())
+        + f".</p><img src='{plot.name}' alt='accuracy vs k'>"
+    )
+    for png, title in (("fewshot-sizes.png", "Few-shot gain by model size"), ("scaling.png", "Scaling")):
+        shipped = Path(gpt.source_dir) / png if getattr(gpt, "source_dir", None) else None
+        if shipped is not None and shipped.is_file():
+            shutil.copyfile(shipped, out / f"gpt-{png}")
+            parts.append(f"<h3>{title}</h3><img src='gpt-{png}' alt='{title}'>")
+    return "\n".join(parts), {f"GPT k={k}": v for k, v in means.items()}
+
+
 def run_demo(
     out: Path,
     models_root: Path | None = None,
@@ -144,7 +211,7 @@ def run_demo(
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     models = load_demo_models(models_root)
-    steps = tqdm(total=5, desc="demo", unit="step", disable=not progress, file=sys.stderr)
+    steps = tqdm(total=6, desc="demo", unit="step", disable=not progress, file=sys.stderr)
     scores: dict[str, float] = {}
     sections: list[tuple[str, str, str]] = []  # (title, png, caption)
     for split, title in (("val", "seen colour-shape pairs"), ("heldout", "held-out pairs (never in training)")):
@@ -194,13 +261,26 @@ def run_demo(
         )
     )
     steps.update(1)
+    language, gpt_scores = "", {}
+    gpt_dir = packaged_path("gpt", models_root)
+    if gpt_dir is not None:  # the language half, when a GPT is packaged
+        gpt = load_model(gpt_dir, "gpt").eval()
+        gpt.source_dir = gpt_dir
+        language, gpt_scores = language_section(gpt, out, seed)
+    steps.update(1)
     steps.close()
     chart = bar_chart_png(scores, "Shapes world: judge / zero-shot accuracy", out / "scores.png")
-    write_html(out / "index.html", sections, chart.name, scores, time.perf_counter() - t0)
-    return {"scores": scores, "seconds": round(time.perf_counter() - t0, 1), "html": str(out / "index.html")}
+    write_html(out / "index.html", sections, chart.name, scores, time.perf_counter() - t0, language)
+    return {
+        "scores": {**scores, **gpt_scores},
+        "seconds": round(time.perf_counter() - t0, 1),
+        "html": str(out / "index.html"),
+    }
 
 
-def write_html(path: Path, sections: list[tuple[str, str, str]], chart: str, scores: dict, seconds: float) -> None:
+def write_html(
+    path: Path, sections: list[tuple[str, str, str]], chart: str, scores: dict, seconds: float, language: str = ""
+) -> None:
     info = DEMO_DIR / "demo.json"
     trained = json.loads(info.read_text()) if info.is_file() else {}
     parts = [
@@ -219,6 +299,8 @@ def write_html(path: Path, sections: list[tuple[str, str, str]], chart: str, sco
         parts.append(
             f"<h2>{html.escape(title)}</h2><p>{html.escape(caption)}</p><img src='{png}' alt='{html.escape(title)}'>"
         )
+    if language:
+        parts.append(language)
     if trained:
         parts.append(
             "<h2>How the demo models were trained</h2><pre>" + html.escape(json.dumps(trained, indent=2)) + "</pre>"
@@ -259,7 +341,7 @@ def package(exports: dict[str, Path], dest: Path = DEMO_DIR, half: bool = True, 
 
 
 def build(root: Path, skip_training: bool = False, half: bool = True) -> dict:
-    """Train the judge, dVAE, CLIP and DALL·E with the shipped configs, then package them."""
+    """Train the judge, dVAE, CLIP, DALL·E and the task GPT with the shipped configs, then package them."""
     trained = {}
     for name, config, export in RECIPES:
         if not skip_training:
@@ -269,14 +351,23 @@ def build(root: Path, skip_training: bool = False, half: bool = True) -> dict:
             trained[name] = {"config": config, "export": export, "seconds": round(time.perf_counter() - t, 1)}
         else:
             trained[name] = {"config": config, "export": export}
-    exports = {"clip": root / "runs/clip-shapes", "dalle": root / "runs/dalle-shapes", "judge": root / "runs/judge"}
-    return package(exports, DEMO_DIR, half, {"trained": trained, "command": "python -m multimodal.demo build"})
+    exports = {
+        "clip": root / "runs/clip-shapes",
+        "dalle": root / "runs/dalle-shapes",
+        "judge": root / "runs/judge",
+        "gpt": root / "runs/gpt-tasks/export",
+    }
+    record = package(exports, DEMO_DIR, half, {"trained": trained, "command": "python -m multimodal.demo build"})
+    for src, name in GPT_FIGURES.items():  # the sweep's figures, when it was run (README "GPT")
+        if (root / src).is_file():
+            shutil.copyfile(root / src, DEMO_DIR / "gpt" / name)
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m multimodal.demo", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command")
-    b = sub.add_parser("build", help="train the four demo models with the shipped configs and package them")
+    b = sub.add_parser("build", help="train the five demo models with the shipped configs and package them")
     b.add_argument("--skip-training", action="store_true", help="package the existing runs/ exports only")
     b.add_argument("--fp32", action="store_true", help="keep fp32 weights")
     p.add_argument("--out", default="demo", help="output directory (default demo/)")

@@ -51,6 +51,12 @@ def tiny_models(tmp_path_factory):
     )
     save_export(clip, root / "clip")
     save_export(ShapesJudge(JudgeConfig(width=8)), root / "judge")
+    from multimodal.gpt import GPT, GPTConfig
+
+    save_export(
+        GPT(GPTConfig(vocab_size=257, context_length=128, backbone={"width": 16, "layers": 1, "heads": 2})),
+        root / "gpt",
+    )
     return root
 
 
@@ -67,8 +73,11 @@ def test_demo_writes_page_and_scores(tiny_models, tmp_path, capsys):
         "clip-heldout.png",
         "image-prompts.png",
         "scores.png",
+        "gpt-fewshot.png",
     ):
         assert (out / png).stat().st_size > 0 and png in page
+    # the language section: prompts at k = 0 and k = 4 with the GPT's answers
+    assert "GPT: in-context learning" in page and "lexicon" in page and 0 <= result["scores"]["GPT k=4"] <= 1
     assert all(0.0 <= v <= 1.0 for v in result["scores"].values())
     assert {"CLIP zero-shot heldout", "DALL·E image-prompt completion"} <= set(result["scores"])
 

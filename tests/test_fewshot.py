@@ -120,3 +120,44 @@ def test_jsonl_with_unicode_line_separators_and_every_record_scored(tmp_path, ca
     assert report["conventions"]["norm"] == "token" and "add_bos_token=True" in report["conventions"]["document_start"]
     assert main(["--checkpoint", str(ckpt), "--tasks", str(path), "--shots", "0", "--n", "7", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == {"seps": 7}
+
+
+def test_wilson_interval_contains_the_rate_and_narrows_with_n():
+    from multimodal.gpt.fewshot import wilson
+
+    lo, hi = wilson(8, 10)
+    assert 0 < lo < 0.8 < hi < 1
+    assert wilson(0, 20)[0] == 0 and wilson(0, 20)[1] > 0.1  # 0/20 is not "certainly 0"
+    assert wilson(20, 20)[1] == 1 and wilson(20, 20)[0] < 0.9
+    narrow = wilson(80, 100)
+    assert narrow[1] - narrow[0] < hi - lo
+    assert abs(wilson(80, 100)[0] - 0.7111) < 1e-3  # the textbook value for 80/100
+
+
+def test_cli_several_checkpoints_json_intervals_and_plot(tmp_path, capsys):
+    from PIL import Image
+
+    small = save_export(tiny_gpt(seed=0), tmp_path / "small")
+    other = save_export(tiny_gpt(seed=1), tmp_path / "other")
+    png = tmp_path / "acc.png"
+    args = ["--checkpoint", str(small), "--checkpoint", str(other), "--tasks", "lexicon,compare", "--n", "5"]
+    assert main([*args, "--shots", "0,1", "--json", "--plot", str(png), "--no-progress"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["checkpoint"] for r in records] == [str(small), str(other)]
+    for r in records:
+        for task in ("lexicon", "compare"):
+            for k in ("0", "1"):
+                lo, hi = r["interval95"][task][k]
+                assert lo <= r["accuracy"][task][k] <= hi and hi - lo > 0.2  # 5 queries: a wide interval
+        assert set(r["mean"]) == {"0", "1"} and r["params"] > 0
+    assert Image.open(png).size == (760, 480)
+    assert main([*args, "--shots", "0", "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "[" in table and "95% Wilson" in table and "other" in table  # one table per model, titled
+
+
+def test_cli_plot_into_missing_directory_is_one_line_error(tmp_path, capsys):
+    ckpt = save_export(tiny_gpt(), tmp_path / "m")
+    args = ["--checkpoint", str(ckpt), "--tasks", "add2", "--plot", str(tmp_path / "no" / "a.png")]
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith("error: --plot")

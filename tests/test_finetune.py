@@ -126,3 +126,13 @@ def test_read_examples_keeps_unicode_line_separators_inside_records(tmp_path):
     from multimodal.gpt.finetune import read_examples
 
     assert read_examples(path) == [("first\u2028line", "a"), ("second\u0085one", "b")]
+
+
+def test_compare_validates_on_the_queries_fewshot_asks():
+    """The few-shot vs fine-tuning comparison: val rows are the held-out `compare` queries of the harness."""
+    from multimodal.gpt.fewshot import load_tasks
+
+    dm = ClassificationDataModule(synthetic="compare", synthetic_examples=300, val_examples=50, batch_size=8)
+    queries, _ = load_tasks("compare", 50)["compare"]
+    assert dm.val_rows == [(q["prompt"], q["completion"]) for q in queries]
+    assert not set(dm.val_rows) & set(dm.train_rows) and dm.label_names == ["less", "more"]

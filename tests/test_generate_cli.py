@@ -56,3 +56,34 @@ def test_fail_turns_any_exception_into_one_error_line(capsys):
     assert capsys.readouterr().err == "error: RuntimeError\n"
     assert fail("--top-k must be >= 0") == 2
     assert capsys.readouterr().err == "error: --top-k must be >= 0\n"
+
+
+def test_default_max_tokens_never_cuts_the_prompt(tiny_gpt, tmp_path, capsys):
+    out = save_export(tiny_gpt, tmp_path / "m")  # context 32 (tests/conftest.py)
+    prompt = "q" * (tiny_gpt.config.context_length - 10)
+    assert main([prompt, "--checkpoint", str(out), "--temperature", "0", "--json"]) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)
+    assert record["prompt_truncated"] is False and "cut from the left" not in captured.err
+    assert record["tokens"] <= 11  # only what fits after the prompt
+
+
+def test_packaged_gpt_is_the_default_with_a_note(capsys):
+    """The shipped GPT: generate, score and fewshot with no --checkpoint, one stderr note each."""
+    from multimodal.checkpoint import packaged_path
+    from multimodal.gpt.fewshot import main as fewshot
+    from multimodal.gpt.score import main as score
+
+    if packaged_path("gpt") is None:
+        pytest.skip("no GPT packaged (python -m multimodal.demo build)")
+    prompt = "sky = ciel; dog = chien; cat = chat; dog ="
+    assert main([prompt, "--temperature", "0", "--json"]) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)
+    assert record["prompt_truncated"] is False and record["completion"].startswith(" ")  # a word follows " ="
+    assert captured.err.count("note: the packaged GPT knows only") == 1
+    assert score(["sky => ciel", "--json"]) == 0
+    assert "note:" in capsys.readouterr().err
+    assert fewshot(["--tasks", "lexicon", "--n", "10", "--shots", "0,4", "--json", "--no-progress"]) == 0
+    acc = json.loads(capsys.readouterr().out)["accuracy"]["lexicon"]
+    assert acc["0"] == 0.0  # a held-out made-up word cannot be known without the prompt's examples

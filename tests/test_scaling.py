@@ -55,3 +55,24 @@ def test_bad_input_one_line_exit_2(extra, tmp_path, capsys):
     assert main(["--out", str(tmp_path / "o"), "--no-progress", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
+
+
+def test_fit_of_models_trained_elsewhere(tmp_path, capsys):
+    """--checkpoints: the power law of exports trained by their own configs, loss measured on the same data."""
+    from multimodal.checkpoint import save_export
+    from multimodal.gpt import GPT, GPTConfig
+
+    paths = []
+    for width, layers in ((16, 1), (32, 2)):
+        model = GPT(
+            GPTConfig(vocab_size=257, context_length=32, backbone={"width": width, "layers": layers, "heads": 2})
+        )
+        paths.append(str(save_export(model, tmp_path / f"m{width}", {"trained_steps": 10})))
+    out = tmp_path / "fit"
+    args = ["--checkpoints", ",".join(paths), "--synthetic", "tasks", "--synthetic-docs", "300", "--context", "32"]
+    assert main([*args, "--val-batches", "2", "--out", str(out), "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in summary["runs"]] == ["16x1", "32x2"] and summary["runs"][0]["steps"] == 10
+    assert summary["runs"][0]["tokens"] == 10 * 16 * 32  # steps x --batch-size x --context
+    assert all(4 < r["val_loss"] < 7 for r in summary["runs"])  # untrained: near ln(257)
+    assert (out / "scaling.png").stat().st_size > 0 and summary["power_law"] is not None

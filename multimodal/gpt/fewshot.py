@@ -32,7 +32,7 @@ from data import tasks as builtin
 from data.tasks import SEPARATOR, format_example
 from multimodal.checkpoint import CheckpointError
 from multimodal.cli import UsageError, add_device_flag, add_precision_flag, fail, resolve_device, resolve_precision
-from multimodal.gpt.model import load_text_model
+from multimodal.gpt.model import checkpoint_or_packaged, load_text_model
 from multimodal.sampling import SamplingSettings
 
 # -- prompts ----------------------------------------------------------------------------------------------
@@ -128,7 +128,8 @@ def load_tasks(spec: str, n: int | None, seed: int = 0) -> dict[str, tuple[list[
         except ValueError as e:
             raise TaskError(str(e)) from None
         for name in names:
-            out[name] = (builtin.instances(name, n or 100, seed, "test"), builtin.instances(name, 300, seed, "train"))
+            pool = [] if name in builtin.IN_CONTEXT else builtin.instances(name, 300, seed, "train")
+            out[name] = (builtin.instances(name, n or 100, seed, "test"), pool)
     if not out:
         raise TaskError("no task given")
     return out
@@ -139,6 +140,14 @@ def pick_examples(pool: list[dict], query: dict, k: int, rng: random.Random) -> 
     group = query.get("group")
     cands = [r for r in pool if r is not query and r.get("group") == group and r != query]
     return rng.sample(cands, min(k, len(cands)))
+
+
+def own_examples(record: dict, k: int, rng: random.Random) -> list[tuple[str, str]]:
+    """A record that carries its own ``examples`` (the in-context tasks: the first is the one its answer
+    needs) shows its first ``k`` of them in random order; ``[]`` for other records."""
+    shown = [(str(x), str(y)) for x, y in record.get("examples", [])[:k]]
+    rng.shuffle(shown)
+    return shown
 
 
 # -- scoring ----------------------------------------------------------------------------------------------
@@ -212,10 +221,12 @@ def evaluate(
     max_tokens: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Accuracy per task and per k: ``{"results": {task: {k: acc}}, "n": {task: n}, "cut": prompts cut}``."""
+    """Accuracy per task and per k: ``{"results": {task: {k: acc}}, "correct": {task: {k: right answers}},
+    "n": {task: n}, "cut": prompts cut}``."""
     tok = model.tokenizer
     n_ctx = model.config.context_length
     results: dict[str, dict[int, float]] = {}
+    right: dict[str, dict[int, int]] = {}
     counts: dict[str, int] = {}
     cut = 0
     total = sum(len(q) for q, _ in task_sets.values()) * len(shots)
@@ -227,11 +238,11 @@ def evaluate(
         for k in shots:
             correct = 0
             mc_prompts, mc_choices, mc_texts, mc_owner = [], [], [], []
-            for q, ex in zip(queries, drawn):
+            for i, (q, ex) in enumerate(zip(queries, drawn)):
                 m = record_metric(q, metric)
                 desc = description or (q.get("description") if describe else None)
                 x, y = io_of(q, m)
-                examples = [io_of(e, m) for e in ex[:k]]
+                examples = own_examples(q, k, random.Random(f"{seed}:{name}:{i}:{k}")) or [io_of(e, m) for e in ex[:k]]
                 if m == "exact":
                     target = tok.encode(" " + y)
                     budget = min(max_tokens or len(target) + 1, n_ctx - 1)
@@ -258,8 +269,31 @@ def evaluate(
                     j += n_choices
                     bar.update(1)
             results.setdefault(name, {})[k] = correct / max(len(queries), 1)
+            right.setdefault(name, {})[k] = int(correct)
     bar.close()
-    return {"results": results, "n": counts, "cut": cut}
+    return {"results": results, "correct": right, "n": counts, "cut": cut}
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95 % for z = 1.96): unlike p ± z·se it stays inside
+    [0, 1] and is not empty at 0 / n or n / n."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_accuracy(report: dict, k: int) -> float:
+    """Accuracy at ``k`` averaged over the report's tasks (each task weighs the same)."""
+    accs = [a[k] for a in report["results"].values()]
+    return sum(accs) / max(len(accs), 1)
+
+
+def mean_interval(report: dict, k: int) -> tuple[float, float]:
+    """Wilson interval of the pooled answers at ``k`` (all tasks' queries together)."""
+    return wilson(sum(c[k] for c in report["correct"].values()), sum(report["n"].values()))
 
 
 def _fit(tok, x: str, examples: list[tuple[str, str]], desc: str | None, room: int) -> tuple[list[int], bool]:
@@ -277,7 +311,13 @@ def _fit(tok, x: str, examples: list[tuple[str, str]], desc: str | None, room: i
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m multimodal.gpt.fewshot", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="export directory, Lightning .ckpt, or HF GPT-2 directory")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=None,
+        help="export directory, Lightning .ckpt, or HF GPT-2 directory; repeat it to compare models (sizes) "
+        "(default: the packaged GPT)",
+    )
     p.add_argument(
         "--tasks",
         default="all",
@@ -311,7 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for queries and examples")
     add_device_flag(p)
     add_precision_flag(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object with the accuracies")
+    p.add_argument(
+        "--plot",
+        default=None,
+        help="write a PNG of accuracy against k here (one line per model, or per task with one model)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per checkpoint with the accuracies and their 95%% Wilson intervals",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -326,15 +375,100 @@ def parse_shots(text: str) -> list[int]:
     return list(dict.fromkeys(shots))
 
 
-def format_table(report: dict, shots: Sequence[int]) -> str:
+def format_table(report: dict, shots: Sequence[int], title: str | None = None) -> str:
+    """Accuracy per task and k with its 95 % Wilson interval; a mean row when there are several tasks."""
     width = max([len(t) for t in report["results"]] + [4])
-    lines = [f"{'task':<{width}}  {'n':>4}  " + "  ".join(f"{f'k={k}':>6}" for k in shots)]
+
+    def cell(acc: float, lo: float, hi: float) -> str:
+        return f"{acc:.3f} [{lo:.2f},{hi:.2f}]"
+
+    lines = [title] if title else []
+    lines.append(f"{'task':<{width}}  {'n':>4}  " + "  ".join(f"{f'k={k}':<18}" for k in shots))
     for task, accs in report["results"].items():
-        lines.append(f"{task:<{width}}  {report['n'][task]:>4}  " + "  ".join(f"{accs[k]:>6.3f}" for k in shots))
+        n = report["n"][task]
+        cells = [cell(accs[k], *wilson(report["correct"][task][k], n)) for k in shots]
+        lines.append(f"{task:<{width}}  {n:>4}  " + "  ".join(f"{c:<18}" for c in cells))
     if len(report["results"]) > 1:
-        mean = {k: sum(a[k] for a in report["results"].values()) / len(report["results"]) for k in shots}
-        lines.append(f"{'mean':<{width}}  {'':>4}  " + "  ".join(f"{mean[k]:>6.3f}" for k in shots))
+        cells = [cell(mean_accuracy(report, k), *mean_interval(report, k)) for k in shots]
+        lines.append(f"{'mean':<{width}}  {'':>4}  " + "  ".join(f"{c:<18}" for c in cells))
+    lines.append("(exact match or choice accuracy, [95% Wilson interval])")
     return "\n".join(lines)
+
+
+def plot_accuracy(curves: dict[str, dict[int, float]], path: str | Path, title: str) -> Path:
+    """Accuracy against k (one line per curve: a model size or a task), drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    from multimodal.images import font, save_png
+
+    W, H, left, right, top, bottom = 760, 480, 70, 210, 50, 60
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    f, small = font(15), font(13)
+    ks = sorted({k for c in curves.values() for k in c})
+    x_hi = max(max(ks), 1)
+
+    def px(k: float, acc: float) -> tuple[float, float]:
+        return left + k / x_hi * (W - left - right), top + (1 - acc) * (H - top - bottom)
+
+    d.rectangle([left, top, W - right, H - bottom], outline="black")
+    for i in range(6):
+        _, y = px(0, i / 5)
+        d.line([left, y, W - right, y], fill=(225, 225, 225))
+        d.text((left - 40, y - 7), f"{20 * i}%", fill="black", font=small)
+    for k in ks:
+        x, _ = px(k, 0)
+        d.line([x, H - bottom, x, H - bottom + 5], fill="black")
+        d.text((x - 4, H - bottom + 8), str(k), fill="black", font=small)
+    palette = [(40, 90, 180), (200, 60, 60), (40, 150, 70), (150, 80, 170), (220, 140, 30), (30, 160, 170)]
+    for i, (name, curve) in enumerate(curves.items()):
+        colour = palette[i % len(palette)]
+        pts = [px(k, curve[k]) for k in sorted(curve)]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=3)
+        for x, y in pts:
+            d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
+        ly = top + 10 + 22 * i
+        d.line([W - right + 15, ly + 8, W - right + 40, ly + 8], fill=colour, width=3)
+        d.text((W - right + 46, ly), name[:22], fill="black", font=small)
+    d.text((left, 16), title, fill="black", font=f)
+    d.text((left + (W - left - right) // 2 - 80, H - 30), "examples in the prompt (k)", fill="black", font=f)
+    return save_png(img, path)
+
+
+def model_label(checkpoint: str, model) -> str:
+    """How a model is named in tables and plots: its size (non-embedding parameters) and its directory."""
+    n = model.num_params()
+    size = f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+    return f"{size} {Path(checkpoint).name or checkpoint}"
+
+
+def json_record(checkpoint: str, model, report: dict, shots: Sequence[int], args) -> dict:
+    def interval(task: str, k: int) -> list[float]:
+        return [round(v, 4) for v in wilson(report["correct"][task][k], report["n"][task])]
+
+    return {
+        "checkpoint": str(checkpoint),
+        "params": model.num_params(),
+        "metric": args.metric,
+        "describe": bool(args.describe or args.description),
+        "shots": list(shots),
+        "n": report["n"],
+        "accuracy": {t: {str(k): a for k, a in accs.items()} for t, accs in report["results"].items()},
+        "interval95": {t: {str(k): interval(t, k) for k in shots} for t in report["results"]},
+        "mean": {str(k): mean_accuracy(report, k) for k in shots},
+        "mean_interval95": {str(k): [round(v, 4) for v in mean_interval(report, k)] for k in shots},
+        "prompts_cut": report["cut"],
+        "conventions": {
+            "document_start": "end-of-text token before every prompt (lm-eval: model_args add_bos_token=True)",
+            "norm": args.norm,
+            "normalisation": {
+                "token": "mean log-prob per choice token (GPT-3)",
+                "char": "log-prob / characters of the choice (lm-eval acc_norm)",
+                "none": "summed log-prob (lm-eval acc)",
+            }[args.norm],
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--batch-size must be at least 1")
     if args.max_tokens is not None and args.max_tokens < 1:
         return fail("--max-tokens must be at least 1")
+    if args.plot is not None and not Path(args.plot).resolve().parent.is_dir():
+        return fail(f"--plot {args.plot}: its directory does not exist")
     try:
         shots = parse_shots(args.shots)
         task_sets = load_tasks(args.tasks, args.n, args.seed)
@@ -352,49 +488,50 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(e))
     try:
         device = resolve_device(args.device)
-        model = load_text_model(args.checkpoint, device, resolve_precision(args.precision, device))
+        dtype = resolve_precision(args.precision, device)
+        checkpoints = args.checkpoint or [checkpoint_or_packaged(None)]
+        models = [(c, load_text_model(c, device, dtype)) for c in checkpoints]
     except (UsageError, CheckpointError) as e:
         return fail(e)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with torch.inference_mode():
-            report = evaluate(
-                model,
-                task_sets,
-                shots,
-                args.metric,
-                args.describe,
-                args.description,
-                args.norm,
-                args.seed,
-                args.batch_size,
-                args.max_tokens,
-                progress=not args.no_progress,
+    reports = []
+    for checkpoint, model in models:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.inference_mode():
+                report = evaluate(
+                    model,
+                    task_sets,
+                    shots,
+                    args.metric,
+                    args.describe,
+                    args.description,
+                    args.norm,
+                    args.seed,
+                    args.batch_size,
+                    args.max_tokens,
+                    progress=not args.no_progress,
+                )
+        if report["cut"]:
+            print(
+                f"warning: {checkpoint}: {report['cut']} prompts did not fit the context and lost examples",
+                file=sys.stderr,
             )
-    if report["cut"]:
-        print(f"warning: {report['cut']} prompts did not fit the context and lost examples", file=sys.stderr)
-    if args.json:
-        record = {
-            "checkpoint": str(args.checkpoint),
-            "metric": args.metric,
-            "describe": bool(args.describe or args.description),
-            "shots": shots,
-            "n": report["n"],
-            "accuracy": {t: {str(k): a for k, a in accs.items()} for t, accs in report["results"].items()},
-            "prompts_cut": report["cut"],
-            "conventions": {
-                "document_start": "end-of-text token before every prompt (lm-eval: model_args add_bos_token=True)",
-                "norm": args.norm,
-                "normalisation": {
-                    "token": "mean log-prob per choice token (GPT-3)",
-                    "char": "log-prob / characters of the choice (lm-eval acc_norm)",
-                    "none": "summed log-prob (lm-eval acc)",
-                }[args.norm],
-            },
-        }
-        print(json.dumps(record))
-    else:
-        print(format_table(report, shots))
+        reports.append((checkpoint, model, report))
+        if args.json:
+            print(json.dumps(json_record(checkpoint, model, report, shots, args)), flush=True)
+        else:
+            title = model_label(checkpoint, model) if len(models) > 1 else None
+            print(format_table(report, shots, title) + ("\n" if len(models) > 1 else ""), flush=True)
+    if args.plot is not None:
+        if len(reports) > 1:  # one line per model: the mean over tasks
+            curves = {model_label(c, m): {k: mean_accuracy(r, k) for k in shots} for c, m, r in reports}
+        else:
+            curves = dict(reports[0][2]["results"])
+            if len(curves) > 1:
+                curves["mean"] = {k: mean_accuracy(reports[0][2], k) for k in shots}
+        title = f"few-shot accuracy vs k: {', '.join(task_sets)}"
+        png = plot_accuracy(curves, args.plot, title[:90])
+        print(f"wrote {png}", file=sys.stderr)
     return 0
 
 

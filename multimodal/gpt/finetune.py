@@ -269,7 +269,18 @@ def task_kind(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return out
 
 
-SYNTHETIC_TASKS = {"arithmetic_check": arithmetic_check, "task_kind": task_kind}
+def compare(n: int, seed: int = 0, split: str = "train") -> list[tuple[str, str]]:
+    """``data.tasks``' 2-class ``compare`` (``37 vs 52`` → ``less`` / ``more``) from ``split``: the
+    classification task on which few-shot prompting is set against fine-tuning."""
+    from data import tasks
+
+    return [(r["prompt"], r["completion"]) for r in tasks.instances("compare", n, seed, split)]
+
+
+SYNTHETIC_TASKS = {"arithmetic_check": arithmetic_check, "task_kind": task_kind, "compare": compare}
+# Synthetic tasks of data.tasks with a held-out side: validation is drawn from it (the very queries
+# `multimodal.fewshot --tasks compare --seed S` asks), so val_acc and few-shot accuracy measure the same thing.
+HELD_OUT_VAL = {"compare"}
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -278,7 +289,8 @@ class ClassificationDataModule(L.LightningDataModule):
     Args:
         train / val: ``.jsonl`` or ``.csv`` files with ``text_field`` and ``label_field``.
         synthetic: instead, ``arithmetic_check`` or ``task_kind`` (``synthetic_examples`` of them, ``val``
-            a disjoint ``val_fraction``).
+            a disjoint ``val_fraction``) or ``compare`` (``val``: ``val_examples`` held-out instances, the
+            first ones ``multimodal.fewshot --tasks compare`` draws with the same seed).
         label_names: class names in class-id order; default: the sorted label values (integers numerically).
         tokenizer: ``auto`` takes the model's; or ``byte`` | ``clip`` | ``gpt2`` (+ ``tokenizer_dir``).
         max_length: tokens per example at most, including the two end-of-text tokens.
@@ -291,6 +303,7 @@ class ClassificationDataModule(L.LightningDataModule):
         synthetic: str | None = None,
         synthetic_examples: int = 4000,
         val_fraction: float = 0.1,
+        val_examples: int = 200,
         text_field: str = "text",
         label_field: str = "label",
         label_names: list[str] | None = None,
@@ -317,9 +330,14 @@ class ClassificationDataModule(L.LightningDataModule):
     def _load(self) -> None:
         hp = self.hparams
         if hp.synthetic is not None:
-            rows = SYNTHETIC_TASKS[hp.synthetic](hp.synthetic_examples, hp.seed)
-            n_val = max(1, int(len(rows) * hp.val_fraction))
-            self.val_rows, self.train_rows = rows[:n_val], rows[n_val:]
+            make = SYNTHETIC_TASKS[hp.synthetic]
+            if hp.synthetic in HELD_OUT_VAL:
+                self.train_rows = make(hp.synthetic_examples, hp.seed, "train")
+                self.val_rows = make(hp.val_examples, hp.seed, "test")
+            else:
+                rows = make(hp.synthetic_examples, hp.seed)
+                n_val = max(1, int(len(rows) * hp.val_fraction))
+                self.val_rows, self.train_rows = rows[:n_val], rows[n_val:]
         else:
             self.train_rows = read_examples(hp.train, hp.text_field, hp.label_field)
             self.val_rows = read_examples(hp.val, hp.text_field, hp.label_field) if hp.val else []

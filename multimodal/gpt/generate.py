@@ -15,7 +15,16 @@ import torch
 
 from multimodal.checkpoint import CheckpointError
 from multimodal.cli import UsageError, add_device_flag, add_precision_flag, fail, resolve_device, resolve_precision
-from multimodal.gpt.model import load_text_model
+from multimodal.gpt.model import checkpoint_or_packaged, load_text_model
+
+DEFAULT_MAX_TOKENS = 64
+
+
+def default_max_tokens(model, prompt: str) -> int:
+    """``DEFAULT_MAX_TOKENS``, or fewer so that the whole prompt stays in the context window."""
+    prompt_tokens = len(model.tokenizer.encode(prompt)) or 1
+    return max(1, min(DEFAULT_MAX_TOKENS, model.config.context_length + 1 - prompt_tokens))
+
 
 MAX_NUM = 10_000  # samples per run; each is generated on its own
 
@@ -23,8 +32,18 @@ MAX_NUM = 10_000  # samples per run; each is generated on its own
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m multimodal.generate", description=__doc__.split("\n\n")[0])
     p.add_argument("prompt", help="text to continue")
-    p.add_argument("--checkpoint", required=True, help="export directory, Lightning .ckpt, or HF GPT-2 directory")
-    p.add_argument("--max-tokens", type=int, default=64, help="new tokens at most (default 64)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="export directory, Lightning .ckpt, or HF GPT-2 directory (default: the packaged GPT)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help=f"new tokens at most (default {DEFAULT_MAX_TOKENS}, fewer when only that many fit in the context "
+        "after the prompt: the default never cuts the prompt)",
+    )
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
@@ -41,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.max_tokens < 1:
+    if args.max_tokens is not None and args.max_tokens < 1:
         return fail("--max-tokens must be at least 1")
     if args.num < 1 or args.num > MAX_NUM:
         return fail(f"--num must be in [1, {MAX_NUM}], got {args.num}")
@@ -53,17 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--top-k must be >= 0")
     try:
         device = resolve_device(args.device)
-        model = load_text_model(args.checkpoint, device, resolve_precision(args.precision, device))
+        checkpoint = checkpoint_or_packaged(args.checkpoint)
+        model = load_text_model(checkpoint, device, resolve_precision(args.precision, device))
     except (UsageError, CheckpointError) as e:
         return fail(e)
+    max_tokens = args.max_tokens or default_max_tokens(model, args.prompt)
     for i in range(args.num):
         seed = None if args.seed is None else args.seed + i
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with torch.inference_mode():
-                out = model.generate(
-                    args.prompt, args.max_tokens, args.temperature, args.top_k, args.top_p, seed, args.stop
-                )
+                out = model.generate(args.prompt, max_tokens, args.temperature, args.top_k, args.top_p, seed, args.stop)
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
         if args.json:

@@ -304,6 +304,25 @@ class GPT(nn.Module):
         return Generation(text, new, len(ids), reason, truncated)
 
 
+def checkpoint_or_packaged(checkpoint: str | None) -> str:
+    """``checkpoint``, or when it is None the packaged GPT, announced by one stderr line saying what it
+    knows; a one-line ``CheckpointError`` when none is packaged."""
+    import sys
+
+    from multimodal.checkpoint import GPT_TASKS_NOTE, CheckpointError, packaged_path
+
+    if checkpoint is not None:
+        return checkpoint
+    path = packaged_path("gpt")
+    if path is None:
+        raise CheckpointError(
+            "no --checkpoint given and no GPT is packaged; build it with `python -m multimodal.demo build` "
+            "or train configs/gpt/tasks.yaml and pass --checkpoint runs/gpt-tasks/export"
+        )
+    print(GPT_TASKS_NOTE, file=sys.stderr)
+    return str(path)
+
+
 def load_text_model(checkpoint: str, device: str = "cpu", dtype: torch.dtype | str | None = None) -> GPT:
     """A GPT with its tokenizer (weights in ``dtype``, default fp32), for the CLIs that read text; every failure
     is a one-line ``CheckpointError``."""

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from data.text import SYNTHETIC, TextDataModule
+from multimodal.checkpoint import CheckpointError
 from multimodal.cli import fail
 from multimodal.gpt import GPT, PRESETS, GPTConfig, preset
 from multimodal.gpt.lm import GPTModule
@@ -108,6 +109,54 @@ def train_one(
                 break
             losses.append(float(model.loss(batch.to(device))))
     return sum(losses) / len(losses), time.time() - start
+
+
+def measure_checkpoints(paths: list[str], data: TextDataModule, val_batches: int, device: str) -> list[Run]:
+    """Runs of exports trained elsewhere (their steps and tokens from the export's record when it has one),
+    with validation loss measured here on ``data``'s validation part."""
+    from multimodal.checkpoint import load_model
+
+    runs = []
+    for path in (p.strip() for p in paths if p.strip()):
+        model = load_model(path, "gpt").to(device).eval()
+        cfg = model.config
+        if cfg.context_length < data.length - 1:
+            raise CheckpointError(f"{path}: context {cfg.context_length} is shorter than --context {data.length - 1}")
+        losses = []
+        with torch.no_grad():
+            for i, batch in enumerate(torch.utils.data.DataLoader(data.val_set, data.hparams.batch_size)):
+                if i == val_batches:
+                    break
+                losses.append(float(model.loss(batch.to(device))))
+        info = _export_info(Path(path))
+        steps = int(info.get("trained_steps", 0))
+        b = cfg.backbone
+        name = f"{b.width}x{b.layers}"
+        total = sum(p.numel() for p in model.parameters())
+        tokens = steps * data.hparams.batch_size * (data.length - 1)  # at this --batch-size and --context
+        runs.append(
+            Run(
+                name,
+                b.width,
+                b.layers,
+                b.heads,
+                non_embedding_params(model),
+                total,
+                tokens,
+                steps,
+                sum(losses) / len(losses),
+                0.0,
+            )
+        )
+    return runs
+
+
+def _export_info(path: Path) -> dict:
+    config = path / "config.json"
+    if not config.is_file():
+        return {}
+    record = json.loads(config.read_text())
+    return record if isinstance(record, dict) else {}
 
 
 def fit_power_law(params: list[int], losses: list[float]) -> tuple[float, float] | None:
@@ -209,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-docs", type=int, default=20000, help="documents to generate")
     p.add_argument("--train", default=None, help="text files / directories / globs instead of a synthetic source")
     p.add_argument("--val", default=None, help="validation text (default: a held-out part of the synthetic data)")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.05, help="share of synthetic documents held out for validation"
+    )
     p.add_argument("--context", type=int, default=64, help="tokens per sequence (default 64)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--tokens", type=float, default=2e5, help="training tokens per size (same for all; default 2e5)")
@@ -216,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-batches", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--checkpoints",
+        default=None,
+        help="comma-separated exports already trained on the same data with the same --batch-size and "
+        "--context (e.g. one config per size): measure their validation loss instead of training --sizes",
+    )
     p.add_argument("--out", default="runs/scaling", help="directory for scaling.csv / .png / .json")
     p.add_argument("--overwrite", action="store_true", help="replace scaling.* files already in --out")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -250,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             val=args.val,
             synthetic=None if args.train else args.synthetic,
             synthetic_docs=args.synthetic_docs,
+            val_fraction=args.val_fraction,
             context_length=args.context,
             batch_size=args.batch_size,
             seed=args.seed,
@@ -262,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(data.train_set, "__len__") and len(data.train_set) < args.batch_size:
         return fail(f"only {len(data.train_set)} training sequences: fewer than one batch")
     runs: list[Run] = []
+    if args.checkpoints:
+        try:
+            runs = measure_checkpoints(args.checkpoints.split(","), data, args.val_batches, args.device)
+        except CheckpointError as e:
+            return fail(e)
+        sizes = []
     for name, cfg in sizes:
         with torch.device("meta"):
             n, total = non_embedding_params(GPT(cfg)), sum(p.numel() for p in GPT(cfg).parameters())

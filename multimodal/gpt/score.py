@@ -19,14 +19,18 @@ import torch
 
 from multimodal.checkpoint import CheckpointError
 from multimodal.cli import UsageError, add_device_flag, add_precision_flag, fail, resolve_device, resolve_precision
-from multimodal.gpt.model import load_text_model
+from multimodal.gpt.model import checkpoint_or_packaged, load_text_model
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m multimodal.score", description=__doc__.split("\n\n")[0])
     p.add_argument("text", nargs="?", help="text to score ('-' reads standard input)")
     p.add_argument("--file", default=None, help="score the contents of this file instead")
-    p.add_argument("--checkpoint", required=True, help="export directory, Lightning .ckpt, or HF GPT-2 directory")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="export directory, Lightning .ckpt, or HF GPT-2 directory (default: the packaged GPT)",
+    )
     add_device_flag(p)
     add_precision_flag(p)
     p.add_argument("--json", action="store_true", help="one JSON object: tokens, logprobs, total, perplexity")
@@ -61,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail("empty text: nothing to score")
     try:
         device = resolve_device(args.device)
-        model = load_text_model(args.checkpoint, device, resolve_precision(args.precision, device))
+        checkpoint = checkpoint_or_packaged(args.checkpoint)
+        model = load_text_model(checkpoint, device, resolve_precision(args.precision, device))
     except (UsageError, CheckpointError) as e:
         return fail(e)
     n_ctx = model.config.context_length
