@@ -26,7 +26,7 @@ def readme_commands() -> list[list[str]]:
     blocks = re.findall(r"```bash\n(.*?)```", README, re.S) + re.findall(r"`(python -m [^`]+)`", README)
     commands = []
     for block in blocks:
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # a trailing backslash continues the command
             line = line.split("  #")[0].strip()
             for part in re.split(r"\s&&\s", line):
                 part = part.strip()
