@@ -72,3 +72,16 @@ def test_lm_head_tied_and_presets():
     w = cfg.backbone.width
     n = cfg.vocab_size * w + cfg.context_length * w + cfg.backbone.layers * (12 * w**2 + 13 * w) + 2 * w
     assert round(n / 1e6) == 124
+
+
+def test_generate_never_cuts_a_prompt_that_fits(tiny_gpt):
+    import warnings
+
+    prompt = "x" * 30  # 30 byte tokens; the context is 32: room for 3 new tokens (the last is never fed back)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "cut from the left" warning
+        out = tiny_gpt.generate(prompt, max_new_tokens=20, temperature=0, stop_at_eot=False)
+    assert not out.truncated_prompt and out.prompt_tokens == 30 and len(out.tokens) == 3
+    with pytest.warns(UserWarning, match="cut from the left"):
+        longer = tiny_gpt.generate("y" * 40, max_new_tokens=4, temperature=0, stop_at_eot=False)
+    assert longer.truncated_prompt and len(longer.tokens) == 4

@@ -266,7 +266,9 @@ class GPT(nn.Module):
     ) -> Generation:
         """Continue ``prompt``; stops at a stop string (excluded from the text), end-of-text, or length.
 
-        A prompt that does not leave room for ``max_new_tokens`` is cut from the left (with a warning).
+        A prompt that fits the context is never cut: at most the tokens that fit after it are generated
+        (``finish_reason`` "length" when that is fewer than ``max_new_tokens``). Only a prompt longer than the
+        context is cut from the left (with a warning).
         """
         tok = self._require_tokenizer()
         n_ctx = self.config.context_length
@@ -274,6 +276,9 @@ class GPT(nn.Module):
             warnings.warn(f"max_new_tokens {max_new_tokens} capped at {n_ctx - 1} (the context)", stacklevel=2)
             max_new_tokens = n_ctx - 1
         ids = tok.encode(prompt) or [tok.eot_id]
+        fits = n_ctx + 1 - len(ids)  # new tokens that fit after the whole prompt (the last one is never fed back)
+        if fits >= 1:
+            max_new_tokens = min(max_new_tokens, fits)
         room = n_ctx - max_new_tokens + 1
         truncated = len(ids) > room
         if truncated:
