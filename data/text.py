@@ -13,9 +13,11 @@ number of batches per rank per epoch so DDP never waits on a rank that ran dry.
 from __future__ import annotations
 
 import glob
+import json
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -46,6 +48,29 @@ def task_documents(n: int, seed: int = 0) -> list[str]:
 
 
 SYNTHETIC = {"arithmetic": arithmetic_documents, "tasks": task_documents}
+
+
+def read_jsonl(path: str | Path) -> list[tuple[str, Any]]:
+    """``(where, object)`` for every non-blank line of a UTF-8 JSON-lines file (``where`` is ``path:line``).
+
+    Lines split at ``\\n`` only: ``str.splitlines`` also splits at U+2028, U+2029 and U+0085, which are valid
+    inside JSON strings. A missing file, non-UTF-8 bytes or a bad line is a one-line ``ValueError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); expected JSON lines") from None
+    out = []
+    for i, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((f"{path}:{i}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    return out
 
 
 def is_shard_spec(spec: str) -> bool:

@@ -29,10 +29,11 @@ from torch import Tensor
 from tqdm import tqdm
 
 from data import tasks as builtin
+from data import text as data_text
 from data.tasks import SEPARATOR, format_example
 from multimodal.checkpoint import CheckpointError
-from multimodal.cli import UsageError, add_device_flag, add_precision_flag, fail, resolve_device, resolve_precision
-from multimodal.gpt.model import checkpoint_or_packaged, load_text_model
+from multimodal.cli import UsageError, add_device_flag, add_precision_flag, fail
+from multimodal.gpt.model import load_cli_models
 from multimodal.sampling import SamplingSettings
 
 # -- prompts ----------------------------------------------------------------------------------------------
@@ -88,23 +89,10 @@ def _check_record(r: object, where: str) -> dict:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise TaskError(f"{path}: no such file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise TaskError(f"{path}: not UTF-8 text (byte {e.start}); expected JSON lines") from None
-    records = []
-    # line by line, not str.splitlines(): that also splits at U+2028, U+2029 and U+0085, valid inside JSON strings
-    for i, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TaskError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-        records.append(_check_record(obj, f"{path}:{i}"))
+        records = [_check_record(obj, where) for where, obj in data_text.read_jsonl(path)]
+    except ValueError as e:
+        raise TaskError(str(e)) from None
     if not records:
         raise TaskError(f"{path}: no records")
     return records
@@ -487,10 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     except TaskError as e:
         return fail(str(e))
     try:
-        device = resolve_device(args.device)
-        dtype = resolve_precision(args.precision, device)
-        checkpoints = args.checkpoint or [checkpoint_or_packaged(None)]
-        models = [(c, load_text_model(c, device, dtype)) for c in checkpoints]
+        models = load_cli_models(args.checkpoint or [None], args.device, args.precision)
     except (UsageError, CheckpointError) as e:
         return fail(e)
     reports = []

@@ -15,7 +15,6 @@ pre-training, the last one plays GPT-1's "extract" token, whose final hidden sta
 """
 
 import csv
-import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from data.text import read_jsonl
 from multimodal.checkpoint import register
 from multimodal.gpt import GPT, GPTConfig
 from multimodal.lightning import ModelModule
@@ -225,16 +225,9 @@ def read_examples(path: str | Path, text_field: str = "text", label_field: str =
                 raise ValueError(f"{path}: the CSV header needs columns {text_field!r} and {label_field!r}")
             rows = [(r[text_field], str(r[label_field])) for r in reader]
     else:
-        # split at "\n" only: str.splitlines also splits at U+2028, U+2029 and U+0085, valid inside JSON strings
-        for i, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        for where, obj in read_jsonl(path):
             if not isinstance(obj, dict) or text_field not in obj or label_field not in obj:
-                raise ValueError(f"{path}:{i}: a record needs {text_field!r} and {label_field!r}")
+                raise ValueError(f"{where}: a record needs {text_field!r} and {label_field!r}")
             rows.append((str(obj[text_field]), str(obj[label_field])))
     if not rows:
         raise ValueError(f"{path}: no examples")

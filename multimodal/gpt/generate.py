@@ -14,8 +14,8 @@ import warnings
 import torch
 
 from multimodal.checkpoint import CheckpointError
-from multimodal.cli import UsageError, add_device_flag, add_precision_flag, fail, resolve_device, resolve_precision
-from multimodal.gpt.model import checkpoint_or_packaged, load_text_model
+from multimodal.cli import UsageError, add_device_flag, add_precision_flag, fail
+from multimodal.gpt.model import load_cli_models
 
 DEFAULT_MAX_TOKENS = 64
 
@@ -71,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.top_k is not None and args.top_k < 0:
         return fail("--top-k must be >= 0")
     try:
-        device = resolve_device(args.device)
-        checkpoint = checkpoint_or_packaged(args.checkpoint)
-        model = load_text_model(checkpoint, device, resolve_precision(args.precision, device))
+        ((_, model),) = load_cli_models([args.checkpoint], args.device, args.precision)
     except (UsageError, CheckpointError) as e:
         return fail(e)
     max_tokens = args.max_tokens or default_max_tokens(model, args.prompt)

@@ -340,3 +340,14 @@ def load_text_model(checkpoint: str, device: str = "cpu", dtype: torch.dtype | s
     if model.tokenizer is None:
         raise CheckpointError(f"{checkpoint}: the checkpoint has no tokenizer files (vocab.json + merges.txt)")
     return model
+
+
+def load_cli_models(checkpoints: Sequence[str | None], device: str, precision: str) -> list[tuple[str, GPT]]:
+    """What the GPT tools' ``--checkpoint`` (None: the packaged GPT, announced by its note), ``--device`` and
+    ``--precision`` name → ``(path, model)`` pairs. Raises ``UsageError`` / ``CheckpointError`` (one line)."""
+    from multimodal.cli import resolve_device, resolve_precision
+
+    resolved = resolve_device(device)
+    dtype = resolve_precision(precision, resolved)
+    paths = [checkpoint_or_packaged(c) for c in (list(checkpoints) or [None])]
+    return [(path, load_text_model(path, resolved, dtype)) for path in paths]

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from multimodal.checkpoint import CheckpointError
-from multimodal.cli import UsageError, add_device_flag, add_precision_flag, fail, resolve_device, resolve_precision
-from multimodal.gpt.model import checkpoint_or_packaged, load_text_model
+from multimodal.cli import UsageError, add_device_flag, add_precision_flag, fail
+from multimodal.gpt.model import load_cli_models
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if not text:
         return fail("empty text: nothing to score")
     try:
-        device = resolve_device(args.device)
-        checkpoint = checkpoint_or_packaged(args.checkpoint)
-        model = load_text_model(checkpoint, device, resolve_precision(args.precision, device))
+        ((_, model),) = load_cli_models([args.checkpoint], args.device, args.precision)
     except (UsageError, CheckpointError) as e:
         return fail(e)
     n_ctx = model.config.context_length
