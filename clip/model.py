@@ -372,8 +372,9 @@ def format_prompt(template: str, label: str) -> str:
     return template.format(label, article="an" if label[:1].lower() in "aeiou" else "a")
 
 
-def check_labels(labels: Sequence[str]) -> list[str]:
-    """Labels as given, refusing an empty list, empty labels and duplicates (case-insensitive) with one line."""
+def check_labels(labels: Sequence[str], relative: bool = False) -> list[str]:
+    """Labels as given, refusing an empty list, empty labels, duplicates (case-insensitive) and, when the
+    probabilities will be ``relative`` to the other labels (the CLI, the service), fewer than two, with one line."""
     labels = [str(x).strip() for x in labels]
     if not labels or not all(labels):
         raise ValueError("labels must be a non-empty list of non-empty strings")
@@ -381,6 +382,8 @@ def check_labels(labels: Sequence[str]) -> list[str]:
     dups = [x for x in labels if x.lower() in seen or seen.add(x.lower())]
     if dups:
         raise ValueError(f"duplicate labels: {', '.join(dict.fromkeys(dups))}")
+    if relative and len(labels) < 2:
+        raise ValueError("give at least two labels (probabilities are relative to the other labels)")
     return labels
 
 

@@ -52,10 +52,7 @@ def parse_labels(text: str | None, file: str | None = None) -> list[str]:
         labels = [x.replace("\0", ",").strip() for x in parts]
         if not text.strip() or not all(labels):
             raise ValueError("--labels needs a comma-separated list of non-empty labels, e.g. --labels cat,dog")
-    labels = check_labels(labels)
-    if len(labels) < 2:
-        raise ValueError("give at least two labels (probabilities are relative to the other labels)")
-    return labels
+    return check_labels(labels, relative=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -401,17 +401,22 @@ def create_app(served: list[Served], limits: Limits | None = None, api_keys: set
             data.append(item)
         return {"created": int(time.time()), "model": entry.name, "reranked": clip is not None, "data": data}
 
+    def bounded_list(value: str | list, field: str, noun: str) -> list:
+        """A request field that is one item or a list of them: non-empty, at most ``limits.max_inputs``."""
+        items = [value] if isinstance(value, str) else list(value)
+        if not items:
+            raise APIError(400, f"{field} must not be empty", field)
+        if len(items) > limits.max_inputs:
+            raise APIError(400, f"{len(items)} {noun}; at most {limits.max_inputs} per request", field)
+        return items
+
     # -- embeddings --------------------------------------------------------------------------------
     @v1.post("/embeddings")
     async def embeddings(request: Request):
         req: EmbeddingRequest = parse_body(await body_of(request), EmbeddingRequest)
         entry = pick(req.model, "clip", "/v1/embeddings")
         clip = entry.model
-        inputs = [req.input] if isinstance(req.input, str) else list(req.input)
-        if not inputs:
-            raise APIError(400, "input must not be empty", "input")
-        if len(inputs) > limits.max_inputs:
-            raise APIError(400, f"{len(inputs)} inputs; at most {limits.max_inputs} per request", "input")
+        inputs = bounded_list(req.input, "input", "inputs")
         fmt = req.encoding_format or "float"
         if fmt not in ("float", "base64"):
             raise APIError(400, f"encoding_format must be 'float' or 'base64', got '{fmt}'", "encoding_format")
@@ -466,15 +471,9 @@ def create_app(served: list[Served], limits: Limits | None = None, api_keys: set
         req: ClassificationRequest = parse_body(await body_of(request), ClassificationRequest)
         entry = pick(req.model, "clip", "/v1/classifications")
         clip = entry.model
-        sources = [req.image] if isinstance(req.image, str) else list(req.image)
-        if not sources:
-            raise APIError(400, "image must not be empty", "image")
-        if len(sources) > limits.max_inputs:
-            raise APIError(400, f"{len(sources)} images; at most {limits.max_inputs} per request", "image")
+        sources = bounded_list(req.image, "image", "images")
         try:
-            labels = check_labels(req.labels)
-            if len(labels) < 2:
-                raise ValueError("give at least two labels (probabilities are relative to the other labels)")
+            labels = check_labels(req.labels, relative=True)
             if len(labels) > limits.max_labels:
                 raise ValueError(f"{len(labels)} labels; at most {limits.max_labels}")
         except ValueError as e:
