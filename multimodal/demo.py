@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from dalle.evaluate import evaluate_image_prompts, shapes_prompts
 from multimodal.checkpoint import (
     PACKAGED_DIR,
     WEIGHTS_FILE,
@@ -69,8 +70,6 @@ def load_demo_models(root: Path | None = None, device: str = "cpu") -> dict:
 
 
 def prompts_for(split: str, count: int, seed: int) -> list[str]:
-    from dalle.evaluate import shapes_prompts
-
     return shapes_prompts(split, count, seed)
 
 
@@ -118,33 +117,6 @@ def zero_shot(models: dict, split: str, count: int, seed: int) -> dict:
     }
 
 
-@torch.no_grad()
-def complete_image_prompts(models: dict, count: int, rows: int, seed: int, candidates: int = 4) -> dict:
-    """Keep the top ``rows`` code rows of rendered images and sample the rest; judge the results."""
-    from data import shapes
-
-    dalle = models["dalle"]
-    size = dalle.vae.config.image_size
-    originals, prompts = [], []
-    for i in range(count):
-        rng = shapes.sample_rng(seed, "val", i)
-        objects = shapes.sample(rng, "val", "1")
-        originals.append(shapes.render(objects, size))
-        prompts.append(shapes.caption_for(objects, rng))
-    samples = dalle.generate_images(
-        prompts, candidates, SamplingSettings(temperature=1.0, seed=seed), image_prompt=originals, prompt_rows=rows
-    )
-    images = torch.stack([s.all_images for s in samples])  # [P, N, 3, H, W]
-    judged = models["judge"].score(images.flatten(0, 1), [p for p in prompts for _ in range(candidates)])["per_image"]
-    return {
-        "accuracy": sum(r["all"] for r in judged) / len(judged),
-        "originals": originals,
-        "prompts": prompts,
-        "images": images,
-    }
-
-
-@torch.no_grad()
 def language_section(gpt, out: Path, seed: int, queries: int = 20) -> tuple[str, dict[str, float]]:
     """The packaged GPT on held-out instances: one prompt per task at k = 0 and k = 4 with its answers,
     and accuracy against k (``queries`` per task). Returns the HTML and the mean accuracies."""
@@ -248,16 +220,19 @@ def run_demo(
         )
         steps.update(1)
     grid = models["dalle"].config.image_grid
-    c = complete_image_prompts(models, 4, grid // 2, seed)
-    rows = [[orig] + [to_pil(im) for im in c["images"][i]] for i, orig in enumerate(c["originals"])]
-    png = grid_png(rows, c["prompts"], out / "image-prompts.png", header=["original", "completions →"])
-    scores["DALL·E image-prompt completion"] = c["accuracy"]
+    c = evaluate_image_prompts(
+        models["dalle"], models["judge"], "val", 4, 4, SamplingSettings(temperature=1.0, seed=seed), None, grid // 2,
+        progress=False,
+    )  # fmt: skip
+    rows = [[orig] + [to_pil(im) for im in c["samples"][i]] for i, orig in enumerate(c["originals"])]
+    png = grid_png(rows, c["captions"], out / "image-prompts.png", header=["original", "completions →"])
+    scores["DALL·E image-prompt completion"] = c["accuracy"]["all"]
     sections.append(
         (
             "Image prompts",
             png.name,
             f"Top {grid // 2} of {grid} code rows kept, the rest sampled; judge: "
-            f"{100 * c['accuracy']:.0f}% of completions right.",
+            f"{100 * c['accuracy']['all']:.0f}% of completions right.",
         )
     )
     steps.update(1)

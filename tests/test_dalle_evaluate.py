@@ -35,6 +35,23 @@ def test_evaluate_reports_random_and_reranked_accuracy(tmp_path, capsys):
         r = out["splits"][split]
         assert r["random"]["images"] == 12 and r["rerank"]["images"] == 3
         assert 0 <= r["random"]["accuracy"]["all"] <= 1 and "color" in r["random"]["accuracy"]
+        # every candidate counted once under the shape its caption asked for
+        assert sum(e["images"] for e in r["random"]["by_shape"].values()) == 12
+        for e in r["random"]["by_shape"].values():
+            assert sum(e["drawn_as"].values()) == round(e["images"] * (1 - e["shape"]))
+        ip = r["image_prompt"]  # the split's own 3 images, 4 completions each from the top half of the grid
+        assert ip["images"] == 12 and ip["rows_given"] == ip["rows"] // 2 and 0 <= ip["accuracy"]["all"] <= 1
+    # --markdown: the README's tables, one row per split and one per requested shape
+    argv = ["--checkpoint", ckpt, "--judge", judge, "--clip", clip, "--prompts", 2, "--candidates", 2]
+    assert main([str(a) for a in argv + ["--image-prompts", 1, "--prompt-rows", 1, "--markdown"]]) == 0
+    table = capsys.readouterr().out
+    assert "| seen pairs (val) |" in table and "| held-out pairs |" in table and "image prompt (1 of 4 rows)" in table
+    assert "CLIP rerank 2→1" in table and "| requested shape |" in table
+    assert main([str(a) for a in argv + ["--no-rerank", "--image-prompts", 0, "--json"]]) == 0
+    r = json.loads(capsys.readouterr().out)["splits"]["val"]
+    assert "rerank" not in r and "image_prompt" not in r
+    assert main([str(a) for a in argv + ["--prompt-rows", 4]]) == 2
+    assert "--prompt-rows" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path / "nope"), "--judge", str(judge)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
 
@@ -53,8 +70,10 @@ def test_vae_mode_scores_reconstructions_against_the_originals(tmp_path, capsys)
     assert set(r["accuracy"]) >= {"color", "shape", "all"} and 0 <= r["originals_all"] <= 1
     assert main(["--vae", str(vae), "--judge", str(judge), "--prompts", "2", "--splits", "heldout"]) == 0
     assert "PSNR" in capsys.readouterr().out
-    # a DALL·E export is not a dVAE: one line, exit 2
-    assert main(["--vae", str(dalle_export(tmp_path / "d")), "--judge", str(judge)]) == 2
+    # a DALL·E export: its own tokenizer is scored; a judge is neither: one line, exit 2
+    assert main(["--vae", str(dalle_export(tmp_path / "d")), "--judge", str(judge), "--prompts", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["splits"]["val"]["images"] == 2
+    assert main(["--vae", str(judge), "--judge", str(judge)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
 
 

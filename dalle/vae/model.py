@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from multimodal.checkpoint import register
 
 LOSSES = ("logit_laplace", "l1", "mse")
+QUANTIZERS = ("gumbel", "vq")
 DEFAULT_MULTS = {4: [1, 2, 4], 8: [1, 2, 4, 8], 16: [1, 2, 4, 8, 8], 32: [1, 2, 4, 8, 8, 8]}
 
 
@@ -54,8 +55,13 @@ class VAEConfig:
     input_kernel: int = 7  # encoder's first conv
     loss: str = "logit_laplace"  # logit_laplace | l1 | mse
     eps: float = 0.1  # logit-Laplace: pixels are mapped to [eps, 1 - eps]
+    # gumbel: DALL·E's relaxed posterior over K codes | vq: nearest of K learned code vectors (VQ-VAE),
+    # straight-through, looked up by cosine similarity in the decoder's embedding space (ViT-VQGAN)
+    quantizer: str = "gumbel"
 
     def __post_init__(self) -> None:
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
         if self.downsample < 1 or self.downsample & (self.downsample - 1):
             raise ValueError(f"downsample must be a power of 2, got {self.downsample}")
         if self.loss not in LOSSES:
@@ -134,14 +140,15 @@ def _groups(widths: list[int], n_in: int, blocks: int, kernels: Sequence[int]) -
 
 
 class Encoder(nn.Module):
-    """``[B, C, H, W]`` pixels mapped to [eps, 1-eps] -> ``[B, K, H/f, W/f]`` logits."""
+    """``[B, C, H, W]`` pixels mapped to [eps, 1-eps] -> ``[B, K, H/f, W/f]`` logits (vq: ``[B, D, ...]``)."""
 
     def __init__(self, c: VAEConfig):
         super().__init__()
         widths = [c.hidden * m for m in c.mults]
         self.input = _conv(c.channels, widths[0], c.input_kernel)
         self.groups = _groups(widths, widths[0], c.blocks_per_group, (3, 3, 3, 1))
-        self.output = _conv(widths[-1], c.codebook_size, 1)
+        # gumbel: logits over the K codes; vq: a vector in the decoder's embedding space (init_channels)
+        self.output = _conv(widths[-1], c.codebook_size if c.quantizer == "gumbel" else c.init_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.input(x)
@@ -157,7 +164,8 @@ class Decoder(nn.Module):
 
     ``input`` is a 1x1 conv over the one-hot codes, i.e. a codebook of K embeddings of width
     ``init_channels`` plus a bias; ``embed_ids`` reads it as an embedding table so decoding ids never
-    materialises a K-channel one-hot tensor.
+    materialises a K-channel one-hot tensor. With ``quantizer="vq"`` the same table, l2-normalised per
+    code, is the codebook the encoder's vectors are matched against.
     """
 
     def __init__(self, c: VAEConfig):
@@ -170,11 +178,20 @@ class Decoder(nn.Module):
         nn.init.normal_(self.input.weight, std=1.0)
         self.groups = _groups(widths, c.init_channels, c.blocks_per_group, (1, 3, 3, 3))
         self.output = _conv(widths[-1], c.out_channels, 1)
+        self.normalized_codes = c.quantizer == "vq"
+
+    def codebook(self) -> Tensor:
+        """The code embeddings ``[K, init_channels]`` (unit vectors for vq)."""
+        table = self.input.weight[:, :, 0, 0].t()
+        return F.normalize(table, dim=1) if self.normalized_codes else table
+
+    def embed_vectors(self, z: Tensor) -> Tensor:
+        """Code vectors ``[B, init_channels, h, w]`` -> the first group's input (adds the bias)."""
+        return z + self.input.bias[None, :, None, None]
 
     def embed_ids(self, ids: Tensor) -> Tensor:
-        # ids [B, h, w] -> [B, init_channels, h, w]; equal to input(one_hot(ids))
-        table = self.input.weight[:, :, 0, 0].t()  # [K, init_channels]
-        return (F.embedding(ids, table) + self.input.bias).permute(0, 3, 1, 2)
+        # ids [B, h, w] -> [B, init_channels, h, w]; equal to input(one_hot(ids)) for gumbel
+        return self.embed_vectors(F.embedding(ids, self.codebook()).permute(0, 3, 1, 2))
 
     def body(self, h: Tensor) -> Tensor:
         for g, group in enumerate(self.groups):
@@ -214,9 +231,12 @@ class DiscreteVAE(nn.Module):
 
     # -- the tokenizer interface DALL·E uses ---------------------------------------------------------
     def encode_logits(self, images: Tensor) -> Tensor:
-        """images ``[B, C, H, W]`` in [0, 1] -> logits ``[B, K, H/f, W/f]``."""
+        """images ``[B, C, H, W]`` in [0, 1] -> logits ``[B, K, H/f, W/f]`` (vq: cosine similarities)."""
         self._check_images(images)
-        return self.encoder(self.map_pixels(images))
+        z = self.encoder(self.map_pixels(images))
+        if self.config.quantizer == "vq":
+            return torch.einsum("bdhw,kd->bkhw", F.normalize(z.float(), dim=1), self.decoder.codebook().float())
+        return z
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
@@ -269,6 +289,7 @@ class DiscreteVAE(nn.Module):
         hard: bool = False,
         noise_scale: float = 1.0,
         diversity_weight: float = 0.0,
+        commitment_weight: float = 0.25,
     ) -> dict[str, Tensor]:
         """One training/evaluation pass. ``hard=True`` decodes the argmax codes (what DALL·E will see).
 
@@ -276,7 +297,10 @@ class DiscreteVAE(nn.Module):
         KL(q || uniform) is summed over the grid and divided by the number of sub-pixels, so both terms are
         per-dimension like the ELBO in nats/dim. ``noise_scale`` multiplies the Gumbel noise (1 = the
         paper's Gumbel-softmax; < 1 during a noise warm-up, see ``VAEModule``).
+        With ``quantizer="vq"`` see ``forward_vq`` (the Gumbel arguments do not apply).
         """
+        if self.config.quantizer == "vq":
+            return self.forward_vq(images, commitment_weight)
         logits = self.encode_logits(images).float()  # [B, K, h, w]
         if hard:
             z = F.one_hot(logits.argmax(1), self.config.codebook_size).permute(0, 3, 1, 2).to(logits.dtype)
@@ -303,6 +327,39 @@ class DiscreteVAE(nn.Module):
             "logits": logits,
             "reconstruction": self.stats_to_images(stats),
         }
+
+    def forward_vq(self, images: Tensor, commitment_weight: float = 0.25) -> dict[str, Tensor]:
+        """VQ-VAE pass: nearest code (cosine), straight-through gradients to the encoder.
+
+        loss = recon + (||sg(z_e) - e||² + commitment_weight * ||z_e - sg(e)||²), summed over the grid and
+        divided by the number of sub-pixels like the Gumbel path's KL. Returns ``z_e`` (the encoder's unit
+        vectors) for dead-code restarts.
+        """
+        self._check_images(images)
+        z_e = F.normalize(self.encoder(self.map_pixels(images)).float(), dim=1)  # [B, D, h, w]
+        codebook = self.decoder.codebook().float()  # [K, D]
+        logits = torch.einsum("bdhw,kd->bkhw", z_e, codebook)  # cosine similarity
+        z_q = F.embedding(logits.argmax(1), codebook).permute(0, 3, 1, 2)  # [B, D, h, w]
+        codebook_loss = (z_q - z_e.detach()).pow(2).sum(1)
+        commitment = (z_e - z_q.detach()).pow(2).sum(1)
+        vq = (codebook_loss + commitment_weight * commitment).sum((1, 2)).mean() / images[0].numel()
+        z = z_e + (z_q - z_e).detach()  # straight-through
+        stats = self.decoder.body(self.decoder.embed_vectors(z.to(self.decoder.input.weight.dtype)))
+        recon = self.recon_loss(stats, images)
+        return {
+            "loss": recon + vq,
+            "recon_loss": recon,
+            "kl": vq.detach(),  # the quantisation term, logged where the Gumbel path logs its KL
+            "diversity": torch.zeros((), device=images.device),
+            "logits": logits,
+            "z_e": z_e,
+            "reconstruction": self.stats_to_images(stats),
+        }
+
+    @torch.no_grad()
+    def restart_codes(self, dead: Tensor, vectors: Tensor) -> None:
+        """vq: move the ``dead`` codes ``[n]`` onto ``vectors`` ``[n, D]`` (encoder outputs), VQ-VAE-2 style."""
+        self.decoder.input.weight[:, dead, 0, 0] = vectors.t().to(self.decoder.input.weight.dtype)
 
 
 # -------------------------------------------------------------------------------------------------

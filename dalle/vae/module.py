@@ -32,8 +32,11 @@ class VAEModule(ModelModule):
     ``gumbel_noise_steps`` (0 = the paper: full noise from step 0; a warm-up lets the encoder's logits grow
     past the noise before it is switched on: with full noise and near-zero initial logits every cell
     decodes a random code, the decoder learns the mean image and training collapses onto one code),
-    optional batch code-usage term ``diversity_weight * (log K - H(mean posterior))``, learning rate linear warm-up then cosine decay to
-    ``lr * min_lr_ratio`` at the end of training (paper 1e-4 -> 1.25e-6).
+    optional batch code-usage term ``diversity_weight * (log K - H(mean posterior))``, learning rate linear
+    warm-up then cosine decay to ``lr * min_lr_ratio`` at the end of training (paper 1e-4 -> 1.25e-6).
+    With ``quantizer="vq"`` the Gumbel schedules do not apply: the loss carries ``commitment_weight``
+    (VQ-VAE's beta), and every ``restart_every`` steps the codes no batch picked in that window are moved
+    onto encoder outputs of the current batch (dead-code restart; 0 turns it off).
     Validation decodes the argmax codes (what DALL·E sees): PSNR, code usage, a grid of originals above
     reconstructions (to the logger when it takes images, else PNGs under the log directory).
     """
@@ -55,6 +58,8 @@ class VAEModule(ModelModule):
         kl_warmup_steps: int = 5000,
         gumbel_noise_steps: int = 0,
         diversity_weight: float = 0.0,
+        commitment_weight: float = 0.25,
+        restart_every: int = 100,
         grid_images: int = 8,
         log_images: bool = True,
     ) -> None:
@@ -73,6 +78,8 @@ class VAEModule(ModelModule):
         self.save_hyperparameters({"config": asdict(self.model.config), **hp})
         self._val_counts: Tensor | None = None
         self._val_grid: Tensor | None = None
+        self._window_counts: Tensor | None = None  # vq: code use since the last restart
+        self._last_z_e: Tensor | None = None
 
     def temperature(self, step: int | None = None) -> float:
         h = self.hparams
@@ -104,10 +111,13 @@ class VAEModule(ModelModule):
             straight_through=h.straight_through,
             noise_scale=noise,
             diversity_weight=h.diversity_weight,
+            commitment_weight=h.commitment_weight,
         )
         with torch.no_grad():
             ids = out["logits"].argmax(1)
             counts = torch.bincount(ids.flatten(), minlength=self.model.config.codebook_size)
+            if "z_e" in out and h.restart_every:
+                self._count_codes(counts, out["z_e"])
             perplexity, _ = code_usage(counts)
             p = psnr(out["reconstruction"], images).mean()
         log = {
@@ -124,6 +134,32 @@ class VAEModule(ModelModule):
         self.log_dict(log, prog_bar=False, batch_size=images.shape[0])
         self.log("psnr", p, prog_bar=True, batch_size=images.shape[0], logger=False)
         return out["loss"]
+
+    def _count_codes(self, counts: Tensor, z_e: Tensor) -> None:
+        self._window_counts = counts if self._window_counts is None else self._window_counts + counts
+        self._last_z_e = z_e.detach()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # after the optimiser step: moving codes inside training_step would change weights autograd still needs
+        if self._window_counts is None or self.global_step % self.hparams.restart_every:
+            return
+        self._restart_dead_codes(self._window_counts, self._last_z_e)
+        self._window_counts = None
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, counts: Tensor, z_e: Tensor) -> None:
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        window = strategy.reduce(counts, reduce_op="sum") if strategy else counts
+        dead = (window == 0).nonzero().flatten()
+        if not len(dead):
+            return
+        # encoder outputs of this batch, in random order; rank 0's choice is applied on every rank
+        vectors = z_e.permute(0, 2, 3, 1).flatten(0, 2)
+        vectors = vectors[torch.randint(len(vectors), (len(dead),), device=vectors.device)]
+        if strategy is not None:
+            vectors = strategy.broadcast(vectors, src=0)
+        self.model.restart_codes(dead, vectors)
+        self.log("train/restarted_codes", float(len(dead)), rank_zero_only=True)
 
     def on_validation_epoch_start(self) -> None:
         self._val_counts = torch.zeros(self.model.config.codebook_size, dtype=torch.long, device=self.device)
