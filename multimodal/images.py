@@ -269,6 +269,23 @@ def font(size: int = 14) -> ImageFont.ImageFont:
     return ImageFont.load_default(size)
 
 
+# What to draw instead of a character the font has no glyph for (it would render as a box: "16⊠1").
+ASCII_FALLBACK = {"→": "->", "←": "<-", "×": "x", "·": ".", "–": "-", "—": "-", "…": "...", "⁄": "/"}
+
+
+def drawable(text: str, f: ImageFont.ImageFont) -> str:
+    """``text`` with every character ``f`` would draw as its missing-glyph box replaced (``→`` -> ``->``)."""
+
+    def mask(ch: str) -> bytes | None:
+        try:
+            return np.asarray(f.getmask(ch)).tobytes()
+        except (UnicodeError, ValueError):  # a bitmap font outside its encoding
+            return None
+
+    missing = mask("\U0010ffff")  # a private-use code point: the font's .notdef box
+    return "".join(ASCII_FALLBACK[ch] if ch in ASCII_FALLBACK and mask(ch) in (None, missing) else ch for ch in text)
+
+
 def grid_png(
     rows: list[list[Image.Image]],
     labels: list[str],
@@ -282,7 +299,9 @@ def grid_png(
     cell = rows[0][0].width * scale
     f = font(text_size)
     pad, top = 6, text_size + 8 if header else 0
-    label_w = 20 + max(int(f.getlength(label[:64])) for label in labels)
+    labels = [drawable(label[:64], f) for label in labels]
+    header = [drawable(h, f) for h in header] if header else header
+    label_w = 20 + max(int(f.getlength(label)) for label in labels)
     cols = max(len(r) for r in rows)
     canvas = Image.new("RGB", (label_w + cols * (cell + pad) + pad, top + len(rows) * (cell + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
@@ -290,7 +309,7 @@ def grid_png(
         draw.text((label_w + pad + c * (cell + pad), 2), text, fill="black", font=f)
     for r, (images, label) in enumerate(zip(rows, labels)):
         y = top + pad + r * (cell + pad)
-        draw.text((pad, y + cell // 2 - text_size // 2), label[:64], fill="black", font=f)
+        draw.text((pad, y + cell // 2 - text_size // 2), label, fill="black", font=f)
         for c, im in enumerate(images):
             x = label_w + pad + c * (cell + pad)
             canvas.paste(im.resize((cell, cell), Image.Resampling.NEAREST), (x, y))
@@ -302,6 +321,8 @@ def grid_png(
 def bar_chart_png(values: dict[str, float], title: str, path: str | os.PathLike, text_size: int = 15) -> Path:
     """Horizontal bars of accuracies in [0, 1]."""
     f = font(text_size)
+    values = {drawable(name, f): v for name, v in values.items()}
+    title = drawable(title, f)
     bar_h = text_size + 12
     label_w = 24 + max([int(f.getlength(name)) for name in values] + [120])
     w = label_w + 420

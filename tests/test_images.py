@@ -128,3 +128,13 @@ def test_grids_and_charts_label_readably(tmp_path):
     if "DejaVu" not in " ".join(getattr(f, "getname", lambda: ("",))()):
         pytest.skip("no DejaVu font on this machine (.ci/run installs fonts-dejavu-core)")
     assert np.asarray(f.getmask("→")).tobytes() != np.asarray(f.getmask("\ue000")).tobytes()
+
+
+def test_characters_the_font_lacks_are_drawn_in_ascii():
+    from PIL import ImageFont
+
+    bitmap = ImageFont.load_default_imagefont()  # PIL's old bitmap font: Latin-1 only, no arrow
+    assert images.drawable("CLIP rerank 16→1", bitmap) == "CLIP rerank 16->1"
+    f = images.font(16)
+    if "DejaVu" in " ".join(getattr(f, "getname", lambda: ("",))()):
+        assert images.drawable("16→1", f) == "16→1"  # a font that has the glyph keeps it
