@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ import torch
 
 from dalle.evaluate import evaluate_image_prompts, shapes_prompts
 from multimodal.checkpoint import (
+    PACKAGED,
     PACKAGED_DIR,
     WEIGHTS_FILE,
     CheckpointError,
@@ -294,7 +296,10 @@ def print_table(scores: dict[str, float]) -> None:
 
 
 def package(exports: dict[str, Path], dest: Path = DEMO_DIR, half: bool = True, info: dict | None = None) -> dict:
-    """Copy exports into ``dest/<kind>``, weights in fp16 when ``half`` (the loader casts back to fp32)."""
+    """Copy exports into ``dest/<kind>``, weights in fp16 when ``half`` (the loader casts back to fp32).
+
+    ``dest/demo.json`` keeps what it said about the models not repackaged this time (sizes, how each was trained).
+    """
     from safetensors.torch import load_file, save_file
 
     sizes = {}
@@ -310,31 +315,41 @@ def package(exports: dict[str, Path], dest: Path = DEMO_DIR, half: bool = True, 
         shutil.rmtree(target, ignore_errors=True)
         tmp.replace(target)
         sizes[kind] = round(sum(f.stat().st_size for f in target.iterdir()) / 1e6, 2)
-    record = {**(info or {}), "megabytes": sizes, "total_megabytes": round(sum(sizes.values()), 2)}
-    (dest / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
+    path = dest / "demo.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    info = dict(info or {})
+    trained = {**old.get("trained", {}), **info.pop("trained", {})}
+    sizes = {k: v for k, v in {**old.get("megabytes", {}), **sizes}.items() if (dest / k).is_dir()}
+    record = {**old, **info, "trained": trained, "megabytes": sizes, "total_megabytes": round(sum(sizes.values()), 2)}
+    path.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
-def build(root: Path, skip_training: bool = False, half: bool = True) -> dict:
-    """Train the judge, dVAE, CLIP, DALL·E and the task GPT with the shipped configs, then package them."""
+def build(root: Path, skip_training: bool = False, half: bool = True, only: Sequence[str] | None = None) -> dict:
+    """Train the judge, dVAE, CLIP, DALL·E and the task GPT with the shipped configs (``only`` some of them:
+    names of ``RECIPES``), then package the packaged kinds among them (the dVAE ships inside the DALL·E)."""
+    names = [name for name, _, _ in RECIPES]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise ValueError(f"unknown model {', '.join(unknown)} (one of {', '.join(names)})")
     trained = {}
     for name, config, export in RECIPES:
+        if only and name not in only:
+            continue
         if not skip_training:
             t = time.perf_counter()
             print(f"training {name}: python -m multimodal.train fit --config {config}", file=sys.stderr)
-            subprocess.run([sys.executable, "-m", "multimodal.train", "fit", "--config", config], cwd=root, check=True)
+            # the shapes configs are timed on one thread per run (faster for these small models on a CPU)
+            env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+            cmd = [sys.executable, "-m", "multimodal.train", "fit", "--config", config]
+            subprocess.run(cmd, cwd=root, check=True, env=env)
             trained[name] = {"config": config, "export": export, "seconds": round(time.perf_counter() - t, 1)}
         else:
             trained[name] = {"config": config, "export": export}
-    exports = {
-        "clip": root / "runs/clip-shapes",
-        "dalle": root / "runs/dalle-shapes",
-        "judge": root / "runs/judge",
-        "gpt": root / "runs/gpt-tasks/export",
-    }
+    exports = {name: root / export for name, _, export in RECIPES if name in trained and name in PACKAGED}
     record = package(exports, DEMO_DIR, half, {"trained": trained, "command": "python -m multimodal.demo build"})
     for src, name in GPT_FIGURES.items():  # the sweep's figures, when it was run (README "GPT")
-        if (root / src).is_file():
+        if "gpt" in exports and (root / src).is_file():
             shutil.copyfile(root / src, DEMO_DIR / "gpt" / name)
     return record
 
@@ -345,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="train the five demo models with the shipped configs and package them")
     b.add_argument("--skip-training", action="store_true", help="package the existing runs/ exports only")
     b.add_argument("--fp32", action="store_true", help="keep fp32 weights")
+    b.add_argument("--only", default=None, help="comma-separated models to rebuild (judge, vae, clip, dalle, gpt)")
     p.add_argument("--out", default="demo", help="output directory (default demo/)")
     p.add_argument("--models", default=None, help="directory with clip/, dalle/, judge/ exports (default: packaged)")
     p.add_argument("--prompts", type=int, default=16, help="captions per split")
@@ -354,7 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     add_progress_flag(p)
     args = p.parse_args(argv)
     if args.command == "build":
-        record = build(Path.cwd(), args.skip_training, not args.fp32)
+        try:
+            only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only is not None else None
+            if only == []:
+                raise ValueError("--only names no model")
+            record = build(Path.cwd(), args.skip_training, not args.fp32, only)
+        except (ValueError, CheckpointError, OSError, subprocess.CalledProcessError) as e:
+            return fail(e)
         print(json.dumps(record, indent=2))
         return 0
     torch.manual_seed(args.seed)

@@ -102,6 +102,20 @@ def test_package_halves_weights_and_loads(tiny_models, tmp_path):
     assert next(m.parameters()).dtype == torch.float32
 
 
+def test_repackaging_one_model_keeps_the_record_of_the_others(tiny_models, tmp_path):
+    package({k: tiny_models / k for k in ("clip", "judge")}, tmp_path, info={"trained": {"clip": {"seconds": 5}}})
+    record = package({"dalle": tiny_models / "dalle"}, tmp_path, info={"trained": {"dalle": {"seconds": 7}}})
+    assert set(record["megabytes"]) == {"clip", "judge", "dalle"}
+    assert record["trained"] == {"clip": {"seconds": 5}, "dalle": {"seconds": 7}}
+    assert record["total_megabytes"] == round(sum(record["megabytes"].values()), 2)
+
+
+def test_build_refuses_unknown_names_in_one_line(capsys):
+    assert main(["build", "--only", "dalle,unicorn"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "unicorn" in err and "\n" not in err.strip()
+
+
 def test_packaged_models_work_with_no_flags(tmp_path, capsys):
     """The shipped shapes-world models: `dalle.sample` with no model flags, `clip.zeroshot --model shapes`."""
     if demo_path("dalle") is None or demo_path("clip") is None:
