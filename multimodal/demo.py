@@ -195,7 +195,8 @@ def run_demo(
         ps = prompts_for(split, prompts, seed)
         r = generate_and_rerank(models, ps, candidates, seed)
         rows = [[to_pil(im) for im in r["images"][i]] for i in range(len(ps))]
-        png = grid_png(rows, ps, out / f"dalle-{split}.png", highlight=r["best"])
+        # native 64-px cells: the page shows grids unscaled, so the 16-px captions stay 16 px
+        png = grid_png(rows, ps, out / f"dalle-{split}.png", scale=1, highlight=r["best"])
         scores[f"DALL·E {split}: random sample"] = r["random_acc"]
         scores[f"DALL·E {split}: CLIP rerank {candidates}→1"] = r["rerank_acc"]
         sections.append(
@@ -265,7 +266,8 @@ def write_html(
     trained = json.loads(info.read_text()) if info.is_file() else {}
     parts = [
         "<!doctype html><meta charset='utf-8'><title>multimodal demo: the shapes world</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:100%}"
+        "<style>body{font-family:sans-serif;max-width:1500px;margin:2em auto}img{max-width:100%}"
+        ".grid{overflow-x:auto}.grid img{max-width:none}"  # grids at their own size: captions readable
         "td,th{padding:2px 10px;text-align:left}</style>",
         "<h1>GPT · DALL·E · CLIP on one backbone — the shapes world</h1>",
         "<p>Every model here was trained on a CPU on a synthetic world of coloured shapes, and is scored by an "
@@ -277,7 +279,8 @@ def write_html(
     ]
     for title, png, caption in sections:
         parts.append(
-            f"<h2>{html.escape(title)}</h2><p>{html.escape(caption)}</p><img src='{png}' alt='{html.escape(title)}'>"
+            f"<h2>{html.escape(title)}</h2><p>{html.escape(caption)}</p>"
+            f"<div class='grid'><img src='{png}' alt='{html.escape(title)}'></div>"
         )
     if language:
         parts.append(language)

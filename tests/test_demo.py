@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,6 +81,30 @@ def test_demo_writes_page_and_scores(tiny_models, tmp_path, capsys):
     assert "GPT: in-context learning" in page and "lexicon" in page and 0 <= result["scores"]["GPT k=4"] <= 1
     assert all(0.0 <= v <= 1.0 for v in result["scores"].values())
     assert {"CLIP zero-shot heldout", "DALL·E image-prompt completion"} <= set(result["scores"])
+    _check_grids_unscaled_in_chromium(out / "index.html")
+
+
+def _check_grids_unscaled_in_chromium(page_path: Path) -> None:
+    """Captions are drawn inside the grid PNGs at 16 px: the page must show every grid at its own size."""
+    from tests.test_serve import CHROMIUM
+
+    if not Path(CHROMIUM).exists():
+        return  # .ci/run installs Debian's chromium; the page's HTML was checked above
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"], headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 320, "height": 800})  # narrower than every grid
+            page.goto(page_path.as_uri())
+            sizes = page.eval_on_selector_all(
+                ".grid img", "els => els.map(e => [e.getAttribute('src'), e.naturalWidth, e.clientWidth])"
+            )
+        finally:
+            browser.close()
+    assert len(sizes) >= 5
+    for src, natural, shown in sizes:
+        assert natural > 0 and shown == natural, f"{src} shown {shown} px wide, drawn {natural} px"
 
 
 def test_missing_models_is_one_line_error(tmp_path, capsys):
