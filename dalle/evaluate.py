@@ -137,10 +137,12 @@ def evaluate_image_prompts(
     objects: str = "1",
     batch_rows: int = 128,
     progress: bool = True,
+    data_seed: int = 0,
 ) -> dict:
-    """Completions of the split's own images from their top ``rows`` code rows (default half the grid)."""
+    """Completions of the split's first ``count`` images (world seed ``data_seed``) from their top ``rows``
+    code rows (default half the grid)."""
     rows = model.config.image_grid // 2 if rows is None else rows
-    originals, captions = shapes_images(split, count, model.vae.config.image_size, 0, objects)
+    originals, captions = shapes_images(split, count, model.vae.config.image_size, data_seed, objects)
     samples = model.generate_images(
         captions,
         candidates,

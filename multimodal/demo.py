@@ -74,10 +74,6 @@ def load_demo_models(root: Path | None = None, device: str = "cpu") -> dict:
     return models
 
 
-def prompts_for(split: str, count: int, seed: int) -> list[str]:
-    return shapes_prompts(split, count, seed)
-
-
 @torch.no_grad()
 def generate_and_rerank(models: dict, prompts: Sequence[str], candidates: int, seed: int) -> dict:
     """``candidates`` images per prompt; judge every one; CLIP picks one per prompt."""
@@ -122,6 +118,7 @@ def zero_shot(models: dict, split: str, count: int, seed: int) -> dict:
     }
 
 
+@torch.no_grad()
 def language_section(gpt, out: Path, seed: int, queries: int = 20) -> tuple[str, dict[str, float]]:
     """The packaged GPT on held-out instances: one prompt per task at k = 0 and k = 4 with its answers,
     and accuracy against k (``queries`` per task). Returns the HTML and the mean accuracies."""
@@ -192,7 +189,7 @@ def run_demo(
     scores: dict[str, float] = {}
     sections: list[tuple[str, str, str]] = []  # (title, png, caption)
     for split, title in (("val", "seen colour-shape pairs"), ("heldout", "held-out pairs (never in training)")):
-        ps = prompts_for(split, prompts, seed)
+        ps = shapes_prompts(split, prompts, seed)
         r = generate_and_rerank(models, ps, candidates, seed)
         rows = [[to_pil(im) for im in r["images"][i]] for i in range(len(ps))]
         # native 64-px cells: the page shows grids unscaled, so the 16-px captions stay 16 px
@@ -228,7 +225,7 @@ def run_demo(
     grid = models["dalle"].config.image_grid
     c = evaluate_image_prompts(
         models["dalle"], models["judge"], "val", 4, 4, SamplingSettings(temperature=1.0, seed=seed), None, grid // 2,
-        progress=False,
+        data_seed=seed, progress=False,
     )  # fmt: skip
     rows = [[orig] + [to_pil(im) for im in c["samples"][i]] for i, orig in enumerate(c["originals"])]
     png = grid_png(rows, c["captions"], out / "image-prompts.png", header=["original", "completions →"])

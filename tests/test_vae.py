@@ -126,11 +126,9 @@ def test_training_learns_and_logs(tmp_path):
     the .ckpt reloads with weights_only through load_model."""
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
-    from torch.utils.data import DataLoader
 
     images = blocks_images(16, 16, seed=3)
-    data = [{"image": img} for img in images]
-    loader = DataLoader(data, batch_size=8, collate_fn=lambda rows: {"image": torch.stack([r["image"] for r in rows])})
+    loader = _image_loader(images)
     torch.manual_seed(0)
     module = VAEModule(tiny_config(), lr=3e-3, temperature_steps=40, kl_warmup_steps=20, kl_weight=1.0, grid_images=4)
     with torch.no_grad():
@@ -228,14 +226,9 @@ def test_vq_straight_through_gradients_and_loss_terms():
 
 def test_vq_training_restarts_dead_codes_and_learns(tmp_path):
     import lightning as L
-    from torch.utils.data import DataLoader
 
     images = blocks_images(16, 16, seed=3)
-    loader = DataLoader(
-        [{"image": img} for img in images],
-        batch_size=8,
-        collate_fn=lambda rows: {"image": torch.stack([r["image"] for r in rows])},
-    )
+    loader = _image_loader(images)
     torch.manual_seed(0)
     module = VAEModule(tiny_config(quantizer="vq", loss="mse"), lr=3e-3, restart_every=10, grid_images=4)
     with torch.no_grad():
@@ -261,3 +254,11 @@ def test_vq_training_restarts_dead_codes_and_learns(tmp_path):
     save_export(module.model, tmp_path / "vq")
     loaded = load_model(tmp_path / "vq", kind="vae")
     assert loaded.config.quantizer == "vq" and torch.equal(loaded.encode(images), module.model.encode(images))
+
+
+def _image_loader(images: torch.Tensor, batch_size: int = 8):
+    """Batches ``{"image": [B, 3, H, W]}`` of ``images``, as the shapes DataModule gives them."""
+    from torch.utils.data import DataLoader
+
+    rows = [{"image": img} for img in images]
+    return DataLoader(rows, batch_size=batch_size, collate_fn=lambda b: {"image": torch.stack([r["image"] for r in b])})

@@ -232,11 +232,18 @@ class DiscreteVAE(nn.Module):
     # -- the tokenizer interface DALL·E uses ---------------------------------------------------------
     def encode_logits(self, images: Tensor) -> Tensor:
         """images ``[B, C, H, W]`` in [0, 1] -> logits ``[B, K, H/f, W/f]`` (vq: cosine similarities)."""
-        self._check_images(images)
-        z = self.encoder(self.map_pixels(images))
         if self.config.quantizer == "vq":
-            return torch.einsum("bdhw,kd->bkhw", F.normalize(z.float(), dim=1), self.decoder.codebook().float())
-        return z
+            return self._vq_lookup(images)[2]
+        self._check_images(images)
+        return self.encoder(self.map_pixels(images))
+
+    def _vq_lookup(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """vq: the encoder's unit vectors ``z_e [B, D, h, w]``, the codebook ``[K, D]`` and their cosine
+        similarities ``[B, K, h, w]`` (argmax = the nearest code)."""
+        self._check_images(images)
+        z_e = F.normalize(self.encoder(self.map_pixels(images)).float(), dim=1)
+        codebook = self.decoder.codebook().float()
+        return z_e, codebook, torch.einsum("bdhw,kd->bkhw", z_e, codebook)
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
@@ -335,10 +342,7 @@ class DiscreteVAE(nn.Module):
         divided by the number of sub-pixels like the Gumbel path's KL. Returns ``z_e`` (the encoder's unit
         vectors) for dead-code restarts.
         """
-        self._check_images(images)
-        z_e = F.normalize(self.encoder(self.map_pixels(images)).float(), dim=1)  # [B, D, h, w]
-        codebook = self.decoder.codebook().float()  # [K, D]
-        logits = torch.einsum("bdhw,kd->bkhw", z_e, codebook)  # cosine similarity
+        z_e, codebook, logits = self._vq_lookup(images)  # [B, D, h, w], [K, D], [B, K, h, w]
         z_q = F.embedding(logits.argmax(1), codebook).permute(0, 3, 1, 2)  # [B, D, h, w]
         codebook_loss = (z_q - z_e.detach()).pow(2).sum(1)
         commitment = (z_e - z_q.detach()).pow(2).sum(1)

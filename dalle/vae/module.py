@@ -148,16 +148,15 @@ class VAEModule(ModelModule):
 
     @torch.no_grad()
     def _restart_dead_codes(self, counts: Tensor, z_e: Tensor) -> None:
-        strategy = self.trainer.strategy if self._trainer is not None else None
-        window = strategy.reduce(counts, reduce_op="sum") if strategy else counts
+        strategy = self.trainer.strategy
+        window = strategy.reduce(counts, reduce_op="sum")
         dead = (window == 0).nonzero().flatten()
         if not len(dead):
             return
         # encoder outputs of this batch, in random order; rank 0's choice is applied on every rank
         vectors = z_e.permute(0, 2, 3, 1).flatten(0, 2)
         vectors = vectors[torch.randint(len(vectors), (len(dead),), device=vectors.device)]
-        if strategy is not None:
-            vectors = strategy.broadcast(vectors, src=0)
+        vectors = strategy.broadcast(vectors, src=0)
         self.model.restart_codes(dead, vectors)
         self.log("train/restarted_codes", float(len(dead)), rank_zero_only=True)
 
