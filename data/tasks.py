@@ -15,6 +15,12 @@
   occurs in any training document. Their records carry their own ``examples`` (the first is the one the
   answer needs).
 - ``compare``: a 2-class task (``37 vs 52 => less``) for few-shot vs fine-tuning.
+- real word translation, English into ``french``, ``spanish`` and ``german`` (group ``dictionary``), from the
+  checked word list ``data/words.tsv``. Pre-training states every word's translations as facts in prose
+  (``knowledge_document``: dictionary entries, ``the French for dog is chien``), and shows the prompt format
+  (``sky = ciel; dog = chien``, ``dog => chien``) only for words outside ``HELD_OUT_WORDS`` (``children`` among
+  them): on a held-out word the model must bring a fact it read in prose to a format it saw only with other
+  words, and k = 0 is ambiguous between the three languages (the examples pick the task).
 
 Every instance is either *train* or *held out* by a fixed hash of what it asks (``split``), so a model
 trained on ``training_documents`` never saw the held-out instances ``sample(..., split="test")`` draws.
@@ -217,6 +223,79 @@ def _compare(rng: random.Random, group: str | None) -> Instance:
     return f"compare:{a},{b}", f"{a} vs {b}", ans, [other], "", "Is the first number more or less?"
 
 
+# -- real translation: facts read in prose, asked in the prompt format -------------------------------------
+REAL_LANGUAGES = {"french": "French", "spanish": "Spanish", "german": "German"}
+
+
+def _read_words() -> dict[str, dict[str, str]]:
+    """``data/words.tsv``: English word → {language: translation} (one tab-separated row per word)."""
+    from pathlib import Path
+
+    out: dict[str, dict[str, str]] = {}
+    for line in (Path(__file__).with_name("words.tsv")).read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            english, *translations = line.split("\t")
+            out[english] = dict(zip(REAL_LANGUAGES, translations))
+    return out
+
+
+REAL_WORDS = _read_words()
+
+
+def _english_in_other_tasks() -> set[str]:
+    """English words that other tasks write on the left of ``=`` or ``=>`` (keys of made-up lexicons, affix
+    stems, unscrambled words, Florp/Zib phrases): a held-out word must not be one of them."""
+    return set(WORDS) | set(ADJECTIVES) | set(NOUNS) | set(LEXICON_WORDS)
+
+
+# ``children`` (the seed's query) is held out by name, the rest by a fixed hash
+HELD_OUT_WORDS = frozenset(
+    w for w in REAL_WORDS if w == "children" or (held_out("lexeme:" + w, 0.2) and w not in _english_in_other_tasks())
+)
+
+
+def _real(language: str) -> Callable[[random.Random, str | None], Instance]:
+    def make(rng: random.Random, group: str | None) -> Instance:
+        english = rng.choice(sorted(REAL_WORDS))
+        row = REAL_WORDS[english]
+        others = [row[lang] for lang in REAL_LANGUAGES if lang != language and row[lang] != row[language]]
+        wrong = REAL_WORDS[rng.choice([w for w in sorted(REAL_WORDS) if w != english])][language]
+        desc = f"Translate English to {REAL_LANGUAGES[language]}."
+        return f"{language}:{english}", english, row[language], [*others, wrong], language, desc
+
+    return make
+
+
+KNOWLEDGE_TEMPLATES = (
+    "The {L} for {e} is {t}.",
+    "In {L}, {e} is {t}.",
+    "{t} is the {L} word for {e}.",
+    "The {L} word {t} means {e}.",
+    "How do you say {e} in {L}? You say {t}.",
+    "{e} is {t} in {L}.",
+)
+
+
+def knowledge_document(rng: random.Random, sentences: int = 4) -> str:
+    """Facts about random words in prose: a dictionary entry (``dog (English): French chien, ...``) or
+    sentences from ``KNOWLEDGE_TEMPLATES``, never the ``x = y`` / ``x => y`` prompt format. Every word of
+    ``data/words.tsv``, held out or not, is written this way."""
+    words = sorted(REAL_WORDS)
+    out = []
+    for _ in range(sentences):
+        e = rng.choice(words)
+        langs = list(REAL_LANGUAGES)
+        rng.shuffle(langs)
+        if rng.random() < 0.25:
+            parts = ", ".join(f"{REAL_LANGUAGES[lang]} {REAL_WORDS[e][lang]}" for lang in langs)
+            out.append(f"{e} (English): {parts}.")
+        else:
+            lang = langs[0]
+            sentence = rng.choice(KNOWLEDGE_TEMPLATES).format(L=REAL_LANGUAGES[lang], e=e, t=REAL_WORDS[e][lang])
+            out.append(sentence)  # lower-case like the prompts: "dog", not "Dog", is the word asked
+    return " ".join(out)
+
+
 TASKS: dict[str, Callable[[random.Random, str | None], Instance]] = {
     "add2": _arithmetic(2, "+"),
     "add3": _arithmetic(3, "+"),
@@ -227,11 +306,13 @@ TASKS: dict[str, Callable[[random.Random, str | None], Instance]] = {
     "reverse": _scramble("reverse"),
     "translate": _translate,
     "compare": _compare,
+    **{lang: _real(lang) for lang in REAL_LANGUAGES},
 }
 GROUPS = {
     "arithmetic": ["add2", "add3", "sub2", "sub3"],
     "words": ["cycle", "anagram", "reverse"],
     "incontext": list(IN_CONTEXT),
+    "dictionary": list(REAL_LANGUAGES),
 }
 ALL_TASKS = [*TASKS, *IN_CONTEXT]
 
@@ -251,6 +332,15 @@ def resolve(names: str) -> list[str]:
     if not out:
         raise ValueError("no task given")
     return out
+
+
+def instance_held_out(key: str) -> bool:
+    """Is this instance held out? Real translations by their English word (``HELD_OUT_WORDS``), the rest
+    by the hash of what they ask."""
+    task, _, english = key.partition(":")
+    if task in REAL_LANGUAGES:
+        return english in HELD_OUT_WORDS
+    return held_out(key)
 
 
 def sample(task: str, rng: random.Random, split: str = "test", group: str | None = None) -> dict:
@@ -274,7 +364,7 @@ def sample(task: str, rng: random.Random, split: str = "test", group: str | None
     make = TASKS[task]
     for _ in range(10_000):  # rejection: ~15 % of instances are held out
         key, x, y, distractors, g, desc = make(rng, group)
-        if held_out(key) == (split == "test"):
+        if instance_held_out(key) == (split == "test"):
             break
     else:  # pragma: no cover - every task has instances on both sides
         raise RuntimeError(f"no {split} instance of {task}")
@@ -308,23 +398,41 @@ def instances(task: str, n: int, seed: int = 0, split: str = "test") -> list[dic
     return out
 
 
+TASK_WEIGHTS = {"add2": 3.0, "add3": 2.0, "sub2": 2.0, "sub3": 2.0, "lexicon": 8.0, "affix": 6.0}
+TASK_WEIGHTS |= {lang: 4.0 for lang in REAL_LANGUAGES}
+KNOWLEDGE_WEIGHT = 14.0  # prose facts about data/words.tsv, in documents of their own
+
+
 def training_documents(
-    n: int, seed: int = 0, tasks: str = "all", max_examples: int = 8, in_context_weight: float = 8.0
+    n: int,
+    seed: int = 0,
+    tasks: str = "all",
+    max_examples: int = 8,
+    weights: dict[str, float] | None = None,
+    knowledge_weight: float = KNOWLEDGE_WEIGHT,
 ) -> list[str]:
     """``n`` few-shot-style documents of train instances: one task (and language) per document, an
     optional task description (half the documents), then 1..``max_examples`` lines ``input => output``.
 
     The first line of a document is a zero-shot instance, the later ones are few-shot: whatever the model
-    learns about using earlier lines to answer later ones is in-context learning. In-context tasks (drawn
-    ``in_context_weight`` times as often as each other task) draw a fresh lexicon or affix per document
-    whose later lines repeat or follow the earlier ones; a third of them are written inline
-    (``sky = ciel; dog = chien; sky = ciel``), the other prompt style of ``multimodal.generate``."""
+    learns about using earlier lines to answer later ones is in-context learning. Tasks are drawn by
+    ``weights`` (``TASK_WEIGHTS``; 1 for the others). In-context tasks draw a fresh lexicon or affix per
+    document whose later lines repeat or follow the earlier ones; they and the real translations are
+    written inline a third of the time (``sky = ciel; dog = chien; cat = chat``), the seed's prompt style.
+    ``knowledge_weight`` adds documents of prose facts (``knowledge_document``), the only place where the
+    held-out words' translations appear."""
     rng = random.Random(seed)
     names = resolve(tasks)
-    weights = [in_context_weight if t in IN_CONTEXT else 1.0 for t in names]
+    table = TASK_WEIGHTS if weights is None else weights
+    names_w = [table.get(t, 1.0) for t in names]
+    if knowledge_weight > 0 and any(t in REAL_LANGUAGES for t in names):
+        names, names_w = [*names, "knowledge"], [*names_w, knowledge_weight]
     docs = []
     for _ in range(n):
-        task = rng.choices(names, weights)[0]
+        task = rng.choices(names, names_w)[0]
+        if task == "knowledge":
+            docs.append(knowledge_document(rng, rng.randint(2, 6)))
+            continue
         if task in IN_CONTEXT:
             docs.append(_in_context_document(task, rng, max_examples))
             continue
@@ -332,6 +440,9 @@ def training_documents(
         records = [first] + [
             sample(task, rng, "train", first["group"] or None) for _ in range(rng.randint(0, max_examples - 1))
         ]
+        if task in REAL_LANGUAGES and rng.random() < 1 / 3:
+            docs.append("; ".join(f"{r['prompt']} = {r['completion']}" for r in records))
+            continue
         lines = [format_example(r["prompt"], r["completion"]) for r in records]
         if rng.random() < 0.5:
             lines.insert(0, first["description"])

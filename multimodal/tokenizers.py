@@ -3,7 +3,8 @@
 - ``ByteTokenizer``: UTF-8 bytes + end-of-text (257 ids); needs no files, used by the CPU configs.
 - ``ClipTokenizer``: CLIP's BPE (open_clip's ``SimpleTokenizer`` and the vocabulary shipped in open_clip, read
   from its file: importing the open_clip package costs seconds, the tokenizer file alone does not).
-- ``GPT2Tokenizer``: GPT-2 byte-level BPE from ``vocab.json`` + ``merges.txt`` (``tokenizers``).
+- ``GPT2Tokenizer``: GPT-2 byte-level BPE from ``vocab.json`` + ``merges.txt`` (``tokenizers``);
+  ``train_byte_level_bpe`` learns one from a corpus (digits kept one per token).
 
 Each has ``encode(text) -> list[int]``, ``decode(ids) -> str``, ``vocab_size``, ``eot_id``, ``name``,
 and ``batch(texts, length)`` giving a padded ``[B, length]`` tensor with the end-of-text id last.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -140,6 +141,36 @@ class GPT2Tokenizer:
             dst = directory / src.name
             if src.resolve() != dst.resolve():
                 shutil.copyfile(src, dst)
+
+
+def train_byte_level_bpe(texts: Iterable[str], vocab_size: int, directory: str | Path) -> GPT2Tokenizer:
+    """Learn GPT-2's kind of tokenizer (byte-level BPE, ``<|endoftext|>`` special) from ``texts`` with
+    ``tokenizers`` and write its ``vocab.json`` + ``merges.txt`` into ``directory``.
+
+    Digits are split one per pre-token while learning, so no merge ever joins two digits (or a space and a
+    digit): numbers stay digit by digit, which arithmetic needs (GPT-2's BPE turns ``48`` into one opaque
+    token). Read back with GPT-2's own pre-tokenizer the files give the same ids, since none of their
+    merges can apply across a digit boundary; the HF export and ``transformers`` read them unchanged."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.model.save(str(directory))
+    return GPT2Tokenizer.from_directory(directory)
 
 
 def get_tokenizer(name: str, directory: str | Path | None = None) -> Tokenizer:

@@ -1,7 +1,9 @@
 """``python -m multimodal.gpt.fewshot --checkpoint PATH --tasks add2,translate --shots 0,1,4``: zero-, one- and
 few-shot evaluation of a GPT, with no gradient update (GPT-3, Brown et al. 2020).
 
-A prompt is an optional task description, ``k`` solved examples and the query, one per line::
+A prompt is an optional task description, ``k`` solved examples and the query, one per line (``--style
+lines``, GPT-3's format), or inline on one line (``--style inline``, the seed's ``sky = ciel; dog = chien; cat =
+chat; children =``)::
 
     Translate English to French.
     cheese => fromage
@@ -39,14 +41,25 @@ from multimodal.sampling import SamplingSettings
 # -- prompts ----------------------------------------------------------------------------------------------
 
 
+STYLES = ("lines", "inline")
+
+
 def build_prompt(
-    query: str, examples: Sequence[tuple[str, str]] = (), description: str | None = None, sep: str = SEPARATOR
+    query: str,
+    examples: Sequence[tuple[str, str]] = (),
+    description: str | None = None,
+    sep: str = SEPARATOR,
+    style: str = "lines",
 ) -> str:
-    """``description`` line, one ``input => output`` line per example, then ``query =>`` (no trailing space:
-    the answer is scored or generated as `` answer``)."""
-    lines = [description] if description else []
-    lines += [format_example(x, y, sep) for x, y in examples]
-    lines.append(f"{query}{sep}")
+    """``description`` line, then ``lines``: one ``input => output`` line per example and ``query =>``;
+    ``inline``: ``x = y; `` per example and ``query =``. No trailing space: the answer is scored or generated
+    as `` answer``."""
+    head = [description] if description else []
+    if style == "inline":
+        return "\n".join([*head, "".join(f"{x} = {y}; " for x, y in examples) + f"{query} ="])
+    if style != "lines":
+        raise ValueError(f"unknown prompt style {style!r} ({', '.join(STYLES)})")
+    lines = [*head, *(format_example(x, y, sep) for x, y in examples), f"{query}{sep}"]
     return "\n".join(lines)
 
 
@@ -208,9 +221,10 @@ def evaluate(
     batch_size: int = 16,
     max_tokens: int | None = None,
     progress: bool = True,
+    style: str = "lines",
 ) -> dict:
     """Accuracy per task and per k: ``{"results": {task: {k: acc}}, "correct": {task: {k: right answers}},
-    "n": {task: n}, "cut": prompts cut}``."""
+    "n": {task: n}, "cut": prompts cut}``. ``style``: the prompt format (``build_prompt``)."""
     tok = model.tokenizer
     n_ctx = model.config.context_length
     results: dict[str, dict[int, float]] = {}
@@ -234,14 +248,14 @@ def evaluate(
                 if m == "exact":
                     target = tok.encode(" " + y)
                     budget = min(max_tokens or len(target) + 1, n_ctx - 1)
-                    ids, was_cut = _fit(tok, x, examples, desc, n_ctx - budget + 1)
+                    ids, was_cut = _fit(tok, x, examples, desc, n_ctx - budget + 1, style)
                     cut += was_cut
                     correct += greedy(model, ids, budget).strip() == y.strip()
                     bar.update(1)
                 else:
                     choices = q["choices"]
                     longest = max(len(tok.encode(" " + c)) for c in choices)
-                    ids, was_cut = _fit(tok, x, examples, desc, n_ctx - longest + 1)
+                    ids, was_cut = _fit(tok, x, examples, desc, n_ctx - longest + 1, style)
                     cut += was_cut
                     for c in choices:
                         mc_prompts.append(ids)
@@ -284,11 +298,13 @@ def mean_interval(report: dict, k: int) -> tuple[float, float]:
     return wilson(sum(c[k] for c in report["correct"].values()), sum(report["n"].values()))
 
 
-def _fit(tok, x: str, examples: list[tuple[str, str]], desc: str | None, room: int) -> tuple[list[int], bool]:
+def _fit(
+    tok, x: str, examples: list[tuple[str, str]], desc: str | None, room: int, style: str = "lines"
+) -> tuple[list[int], bool]:
     """Prompt ids that fit ``room`` tokens: drop the oldest examples first, then cut from the left."""
     examples = list(examples)
     while True:
-        ids, was_cut = _prompt_ids(tok, build_prompt(x, examples, desc), room)
+        ids, was_cut = _prompt_ids(tok, build_prompt(x, examples, desc, style=style), room)
         if not was_cut or not examples:
             return ids, was_cut
         examples.pop(0)
@@ -309,8 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tasks",
         default="all",
-        help="comma-separated built-in tasks (add2 add3 sub2 sub3 cycle anagram reverse translate; groups "
-        "arithmetic, words, all) and/or JSONL files (default all)",
+        help="comma-separated built-in tasks (add2 add3 sub2 sub3 cycle anagram reverse translate compare lexicon "
+        "affix french spanish german; groups arithmetic, words, incontext, dictionary, all) and/or JSONL files "
+        "(default all)",
     )
     p.add_argument("--shots", default="0,1,4", help="comma-separated numbers of examples k (default 0,1,4)")
     p.add_argument(
@@ -331,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["token", "char", "none"],
         default="token",
         help="choice length normalisation: token (GPT-3's, default), char (lm-eval's acc_norm), none (lm-eval's acc)",
+    )
+    p.add_argument(
+        "--style",
+        choices=STYLES,
+        default="lines",
+        help="prompt format: lines ('x => y' per line, default) or inline ('x = y; ... q =', one line)",
     )
     p.add_argument("--describe", action="store_true", help="start prompts with each task's own description")
     p.add_argument("--description", default=None, help="start every prompt with this description")
@@ -495,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.batch_size,
                     args.max_tokens,
                     progress=not args.no_progress,
+                    style=args.style,
                 )
         if report["cut"]:
             print(
