@@ -398,7 +398,7 @@ def instances(task: str, n: int, seed: int = 0, split: str = "test") -> list[dic
     return out
 
 
-TASK_WEIGHTS = {"add2": 3.0, "add3": 2.0, "sub2": 2.0, "sub3": 2.0, "lexicon": 8.0, "affix": 6.0}
+TASK_WEIGHTS = {"add2": 4.0, "add3": 2.0, "sub2": 2.0, "sub3": 2.0, "lexicon": 12.0, "affix": 6.0}
 TASK_WEIGHTS |= {lang: 4.0 for lang in REAL_LANGUAGES}
 KNOWLEDGE_WEIGHT = 14.0  # prose facts about data/words.tsv, in documents of their own
 

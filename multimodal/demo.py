@@ -58,12 +58,16 @@ RECIPES = [
     ("gpt", "configs/gpt/tasks.yaml", "runs/gpt-tasks/export"),
 ]
 # Timed on one thread: the dVAE's and CLIP's small convs / patches run slower on two threads of a 2-core CPU
-# (DALL·E's transformer is faster on two: 1.45 vs 0.87 steps/s).
-ONE_THREAD = ("vae", "clip")
+# (DALL·E's transformer is faster on two: 1.45 vs 0.87 steps/s); the task GPT's steps were sized on one.
+ONE_THREAD = ("vae", "clip", "gpt")
 # Figures of the GPT size sweep (README "GPT"), shipped beside the packaged GPT when they were made.
 GPT_FIGURES = {"runs/gpt-sweep/scaling.png": "scaling.png", "runs/gpt-sweep/fewshot-sizes.png": "fewshot-sizes.png"}
-# Few-shot tasks on the demo page: the in-context ones, then the paper's arithmetic and unscrambling.
-GPT_DEMO_TASKS = ("lexicon", "affix", "add2", "reverse")
+# Few-shot tasks on the demo page: real translation of held-out words (inline, the seed's format), the
+# in-context ones (answer only in the prompt), then the paper's 2-digit addition.
+GPT_DEMO_TASKS = ("french", "lexicon", "affix", "add2")
+INLINE_TASKS = ("french", "spanish", "german")
+# The talk's example: the examples pick the task (English -> French), pre-training knows the word.
+SEED_PROMPT = "sky = ciel; dog = chien; cat = chat; children ="
 
 
 def load_demo_models(root: Path | None = None, device: str = "cpu") -> dict:
@@ -125,11 +129,13 @@ def language_section(gpt, out: Path, seed: int, queries: int = 20) -> tuple[str,
     import random
 
     from data import tasks
-    from multimodal.gpt.fewshot import build_prompt, evaluate, greedy, load_tasks, mean_accuracy, plot_accuracy
+    from multimodal.gpt.fewshot import STOPS, build_prompt, evaluate, greedy, load_tasks, mean_accuracy, plot_accuracy
 
     tok = gpt.tokenizer
+    seed_answer = greedy(gpt, [tok.eot_id, *tok.encode(SEED_PROMPT)], 4, STOPS["inline"]).strip()
     rows = []
     for name in GPT_DEMO_TASKS:
+        style = "inline" if name in INLINE_TASKS else "lines"
         q = tasks.instances(name, 1, seed + 1, "test")[0]
         pool = q.get("examples") or [
             (r["prompt"], r["completion"]) for r in tasks.instances(name, 4, seed + 1, "train")
@@ -137,18 +143,28 @@ def language_section(gpt, out: Path, seed: int, queries: int = 20) -> tuple[str,
         for k in (0, 4):
             shown = [tuple(e) for e in pool[:k]]
             random.Random(seed).shuffle(shown)
-            prompt = build_prompt(q["prompt"], shown)
-            answer = greedy(gpt, [tok.eot_id, *tok.encode(prompt)], len(tok.encode(q["completion"])) + 2).strip()
+            prompt = build_prompt(q["prompt"], shown, style=style)
+            budget = len(tok.encode(q["completion"])) + 2
+            answer = greedy(gpt, [tok.eot_id, *tok.encode(prompt)], budget, STOPS[style]).strip()
             rows.append((name, k, prompt, answer, q["completion"]))
     shots = [0, 1, 2, 4]
-    report = evaluate(gpt, load_tasks(",".join(GPT_DEMO_TASKS), queries, seed), shots, progress=False)
+    inline = [t for t in GPT_DEMO_TASKS if t in INLINE_TASKS]
+    lines = [t for t in GPT_DEMO_TASKS if t not in INLINE_TASKS]
+    report = evaluate(gpt, load_tasks(",".join(inline), queries, seed), shots, progress=False, style="inline")
+    other = evaluate(gpt, load_tasks(",".join(lines), queries, seed), shots, progress=False)
+    for key in ("results", "correct", "n"):
+        report[key].update(other[key])
     plot = plot_accuracy(report["results"], out / "gpt-fewshot.png", "packaged GPT: held-out accuracy vs k")
     means = {k: mean_accuracy(report, k) for k in shots}
     parts = [
-        "<h2>GPT: in-context learning</h2><p>The packaged GPT (bytes, trained on the GPT-3 paper's synthetic "
-        "tasks, <code>configs/gpt/tasks.yaml</code>) answers held-out queries greedily, with no gradient step; "
-        "the made-up words of <i>lexicon</i> and <i>affix</i> are drawn fresh for every prompt, so with no "
-        "example (k = 0) the answer cannot be known.</p>",
+        "<h2>GPT: in-context learning</h2><p>The packaged GPT (GPT-2's kind of BPE, trained by "
+        "<code>configs/gpt/tasks.yaml</code> on the GPT-3 paper's synthetic tasks and on prose facts about "
+        "English, French, Spanish and German words) answers held-out queries greedily, with no gradient step. "
+        "<i>french</i> asks words that pre-training showed only in sentences such as <i>the French for children "
+        "is enfants</i>, never in the prompt format: with no example (k = 0) the language is not known. The "
+        "made-up words of <i>lexicon</i> and <i>affix</i> are drawn fresh for every prompt, so with no example "
+        "the answer cannot be known.</p>",
+        f"<p>The talk's prompt: <code>{html.escape(SEED_PROMPT)}</code> → <b>{html.escape(seed_answer)}</b></p>",
         "<table><tr><th>task</th><th>k</th><th>prompt</th><th>model's answer</th><th>expected</th></tr>",
     ]
     for name, k, prompt, answer, expected in rows:

@@ -193,20 +193,28 @@ def normalise(lp: Tensor, text: str, norm: str) -> float:
 
 
 @torch.no_grad()
-def greedy(model, prompt_ids: list[int], max_new_tokens: int) -> str:
-    """Greedy, KV-cached continuation up to a newline (or end-of-text), newline excluded."""
+def greedy(model, prompt_ids: list[int], max_new_tokens: int, stops: Sequence[str] = ("\n",)) -> str:
+    """Greedy, KV-cached continuation up to the first of ``stops`` (or end-of-text), the stop excluded.
+    Lines of examples end at a newline; inline examples (``x = y; q =``) also at ``;``."""
     tok = model.tokenizer
 
     def is_done(tokens: Tensor) -> Tensor:
         row = tokens[0].tolist()
-        return torch.tensor([row[-1] == tok.eot_id or "\n" in tok.decode(row)])
+        text = tok.decode(row)
+        return torch.tensor([row[-1] == tok.eot_id or any(s in text for s in stops)])
 
     device = model.token_embedding.weight.device
     new = model.generate_ids(torch.tensor([prompt_ids], device=device), max_new_tokens, SamplingSettings(0.0), is_done)
     row = new[0].tolist()
     if tok.eot_id in row:
         row = row[: row.index(tok.eot_id)]
-    return tok.decode(row).split("\n")[0]
+    text = tok.decode(row)
+    for s in stops:
+        text = text.split(s)[0]
+    return text
+
+
+STOPS = {"lines": ("\n",), "inline": ("\n", ";")}
 
 
 def evaluate(
@@ -250,7 +258,7 @@ def evaluate(
                     budget = min(max_tokens or len(target) + 1, n_ctx - 1)
                     ids, was_cut = _fit(tok, x, examples, desc, n_ctx - budget + 1, style)
                     cut += was_cut
-                    correct += greedy(model, ids, budget).strip() == y.strip()
+                    correct += greedy(model, ids, budget, STOPS[style]).strip() == y.strip()
                     bar.update(1)
                 else:
                     choices = q["choices"]

@@ -26,6 +26,7 @@ from multimodal.checkpoint import CheckpointError
 from multimodal.cli import fail
 from multimodal.gpt import GPT, PRESETS, GPTConfig, preset
 from multimodal.gpt.lm import GPTModule
+from multimodal.tokenizers import get_tokenizer
 
 FILES = ("scaling.csv", "scaling.png", "scaling.json")
 
@@ -44,9 +45,9 @@ class Run:
     seconds: float
 
 
-def parse_size(spec: str, context_length: int, vocab_size: int) -> tuple[str, GPTConfig]:
+def parse_size(spec: str, context_length: int, vocab_size: int, tokenizer: str = "byte") -> tuple[str, GPTConfig]:
     spec = spec.strip()
-    common = {"context_length": context_length, "vocab_size": vocab_size, "tokenizer": "byte"}
+    common = {"context_length": context_length, "vocab_size": vocab_size, "tokenizer": tokenizer}
     if spec in PRESETS:
         return spec, preset(spec, **common)
     parts = spec.lower().split("x")
@@ -120,6 +121,11 @@ def measure_checkpoints(paths: list[str], data: TextDataModule, val_batches: int
     for path in (p.strip() for p in paths if p.strip()):
         model = load_model(path, "gpt").to(device).eval()
         cfg = model.config
+        if (cfg.tokenizer, cfg.vocab_size) != (data.tokenizer.name, data.tokenizer.vocab_size):
+            raise CheckpointError(
+                f"{path}: its tokenizer ({cfg.tokenizer}, {cfg.vocab_size} tokens) is not the data's "
+                f"({data.tokenizer.name}, {data.tokenizer.vocab_size}); pass its --tokenizer-dir"
+            )
         if cfg.context_length < data.length - 1:
             raise CheckpointError(f"{path}: context {cfg.context_length} is shorter than --context {data.length - 1}")
         losses = []
@@ -261,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--val-fraction", type=float, default=0.05, help="share of synthetic documents held out for validation"
     )
+    p.add_argument(
+        "--tokenizer-dir",
+        default=None,
+        help="a GPT-2 kind BPE (vocab.json + merges.txt, e.g. data/tokenizers/tasks) instead of bytes",
+    )
     p.add_argument("--context", type=int, default=64, help="tokens per sequence (default 64)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--tokens", type=float, default=2e5, help="training tokens per size (same for all; default 2e5)")
@@ -290,7 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     if steps < 1:
         return fail(f"--tokens {args.tokens:g} is less than one batch ({args.batch_size} x {args.context})")
     try:
-        sizes = [parse_size(s, args.context, 257) for s in args.sizes.split(",") if s.strip()]
+        tok = get_tokenizer("gpt2", args.tokenizer_dir) if args.tokenizer_dir else get_tokenizer("byte")
+    except (OSError, ValueError) as e:
+        return fail(f"--tokenizer-dir {args.tokenizer_dir}: {e}")
+    try:
+        sizes = [parse_size(s, args.context, tok.vocab_size, tok.name) for s in args.sizes.split(",") if s.strip()]
     except ValueError as e:
         return fail(str(e))
     if not sizes:
@@ -309,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             synthetic=None if args.train else args.synthetic,
             synthetic_docs=args.synthetic_docs,
             val_fraction=args.val_fraction,
+            tokenizer=tok.name,
+            tokenizer_dir=args.tokenizer_dir,
             context_length=args.context,
             batch_size=args.batch_size,
             seed=args.seed,
