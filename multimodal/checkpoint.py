@@ -10,6 +10,7 @@ Every model class that can be exported registers itself with ``@register("kind")
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import importlib
 import json
@@ -216,6 +217,16 @@ def payload(model: nn.Module, extra: dict | None = None) -> dict:
     out = {"format_version": FORMAT_VERSION, "kind": model.kind, "config": config_to_dict(model.config)}
     out.update(extra or {})
     return out
+
+
+def extra_files_of(model: nn.Module) -> dict[str, str]:
+    """The files a model writes beside its weights (a tokenizer's vocabulary, say), as ``{name: base64}``: a
+    Lightning checkpoint carries them under our key, so a ``.ckpt`` loads with them as an export does."""
+    if not hasattr(model, "save_extra_files"):
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_extra_files(Path(tmp))
+        return {f.name: base64.b64encode(f.read_bytes()).decode() for f in sorted(Path(tmp).iterdir()) if f.is_file()}
 
 
 def save_export(model: nn.Module, directory: str | Path, extra: dict | None = None) -> Path:
@@ -494,4 +505,17 @@ def _load_model(path: str | Path, kind: str | tuple[str, ...] | None = None) -> 
     _check_kind(meta["kind"], kind, path)
     prefix = meta.get("prefix", "model.")
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    return build(meta, state, path)
+    files = meta.get("files") or {}
+    if not files:
+        return build(meta, state, path)
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise CheckpointError(f"{path}: its 'files' entry is not a mapping of names to base64 text")
+    with tempfile.TemporaryDirectory() as tmp:  # the model reads what it needs from them while it is built
+        for name, data in files.items():
+            if Path(name).name != name or name.startswith("."):
+                raise CheckpointError(f"{path}: extra file name {name!r} is not a plain file name")
+            try:
+                (Path(tmp) / name).write_bytes(base64.b64decode(data, validate=True))
+            except ValueError:
+                raise CheckpointError(f"{path}: extra file {name!r} is not valid base64") from None
+        return build(meta, state, path, directory=Path(tmp))

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from multimodal.checkpoint import LIGHTNING_KEY, payload, save_export
+from multimodal.checkpoint import LIGHTNING_KEY, extra_files_of, payload, save_export
 
 
 class ModelModule(L.LightningModule):
@@ -23,7 +23,8 @@ class ModelModule(L.LightningModule):
         # checkpoint's `hyper_parameters` as CLI arguments, and ours (plain dicts, so that the file loads
         # with weights_only=True) are not in that form.
         hparams = checkpoint.pop("hyper_parameters", None)
-        checkpoint[LIGHTNING_KEY] = payload(self.model, {"prefix": "model.", "hparams": hparams})
+        extra = {"prefix": "model.", "hparams": hparams, "files": extra_files_of(self.model)}
+        checkpoint[LIGHTNING_KEY] = payload(self.model, extra)
 
     def adamw_with_schedule(
         self,

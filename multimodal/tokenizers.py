@@ -13,7 +13,6 @@ and ``batch(texts, length)`` giving a padded ``[B, length]`` tensor with the end
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -112,7 +111,8 @@ class GPT2Tokenizer:
     def __init__(self, vocab_file: str | Path, merges_file: str | Path) -> None:
         from tokenizers import ByteLevelBPETokenizer
 
-        self.vocab_file, self.merges_file = Path(vocab_file), Path(merges_file)
+        # the files' bytes are kept: ``save`` writes them even when the originals were temporary
+        self._files = {name: Path(f).read_bytes() for name, f in zip(self.files, (vocab_file, merges_file))}
         self._tok = ByteLevelBPETokenizer(str(vocab_file), str(merges_file), add_prefix_space=False)
         eot = self._tok.token_to_id("<|endoftext|>")
         if eot is None:
@@ -137,10 +137,10 @@ class GPT2Tokenizer:
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
-        for src in (self.vocab_file, self.merges_file):
-            dst = directory / src.name
-            if src.resolve() != dst.resolve():
-                shutil.copyfile(src, dst)
+        for name, data in self._files.items():
+            dst = directory / name
+            if not dst.is_file() or dst.read_bytes() != data:
+                dst.write_bytes(data)
 
 
 def train_byte_level_bpe(texts: Iterable[str], vocab_size: int, directory: str | Path) -> GPT2Tokenizer:

@@ -132,3 +132,38 @@ def test_seed_prompt_inline_style_and_k0_is_ambiguous():
     assert {r["group"] for r in pool} == {"french"} and {r["group"] for r in queries} == {"french"}
     r = tasks.sample("german", random.Random(0), "test")
     assert r["completion"] in r["choices"] and len(set(r["choices"])) == len(r["choices"])
+
+
+def test_lightning_checkpoint_carries_the_bpe_so_every_tool_reads_it(tmp_path):
+    from multimodal.gpt.lm import GPTModule
+
+    train_byte_level_bpe(_corpus(), 600, tmp_path / "tok")
+    config = GPTConfig(
+        vocab_size=600, context_length=64, tokenizer="gpt2", backbone={"width": 32, "layers": 1, "heads": 2}
+    )
+    module = GPTModule(config, tokenizer_dir=str(tmp_path / "tok"))
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in module.model.state_dict().items()}}
+    module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    for f in (tmp_path / "tok").iterdir():
+        f.unlink()  # the run's tokenizer folder is gone: the checkpoint alone must be enough
+    model = load_model(tmp_path / "last.ckpt", "gpt")
+    assert model.tokenizer is not None and model.tokenizer.encode(SAMPLE[0]) == module.model.tokenizer.encode(SAMPLE[0])
+    save_export(model, tmp_path / "export")  # and it exports its tokenizer on from there
+    assert GPT2Tokenizer.from_directory(tmp_path / "export").encode(SAMPLE[1]) == model.tokenizer.encode(SAMPLE[1])
+
+
+def test_checkpoint_extra_files_with_a_path_are_refused(tmp_path, tiny_gpt):
+    import base64
+
+    import pytest
+
+    from multimodal.checkpoint import LIGHTNING_KEY, CheckpointError, payload
+
+    files = {"../evil.json": base64.b64encode(b"{}").decode()}
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in tiny_gpt.state_dict().items()}}
+    ckpt[LIGHTNING_KEY] = payload(tiny_gpt, {"prefix": "model.", "files": files})
+    torch.save(ckpt, tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError, match="not a plain file name"):
+        load_model(tmp_path / "bad.ckpt", "gpt")
+    assert not (tmp_path.parent / "evil.json").exists()

@@ -471,6 +471,7 @@ def json_record(checkpoint: str, model, report: dict, shots: Sequence[int], args
         "params": model.num_params(),
         "metric": args.metric,
         "describe": bool(args.describe or args.description),
+        "style": args.style,
         "shots": list(shots),
         "n": report["n"],
         "accuracy": {t: {str(k): a for k, a in accs.items()} for t, accs in report["results"].items()},
