@@ -60,9 +60,9 @@ PACKAGED_DIR = Path(__file__).parent / "demo_models"
 PACKAGED = {"clip": "clip", "dalle": "dalle", "judge": "judge", "gpt": "gpt"}
 SHAPES_ONLY_NOTE = "note: the demo model knows only the synthetic shapes world (coloured shapes at named places)"
 GPT_TASKS_NOTE = (
-    "note: the packaged GPT knows only the synthetic GPT-3 tasks of data/tasks.py (prompts like "
-    "'sky = ciel; dog = chien; sky =' or '12 + 35 =>', unscrambling, 'a vs b'), bytes, 128-token context; it "
-    "reads made-up words from the prompt only weakly so far (README, GPT at CPU scale)"
+    "note: the packaged GPT (2.2M parameters, BPE, 128-token context) knows only data/tasks.py's world: English words "
+    "in French, Spanish and German ('sky = ciel; dog = chien; cat = chat; children ='), made-up words and endings "
+    "read from the prompt, 'a vs b'; not arithmetic (README, GPT-3's claims at CPU scale)"
 )
 
 

@@ -61,7 +61,11 @@ RECIPES = [
 # (DALL·E's transformer is faster on two: 1.45 vs 0.87 steps/s); the task GPT's steps were sized on one.
 ONE_THREAD = ("vae", "clip", "gpt")
 # Figures of the GPT size sweep (README "GPT"), shipped beside the packaged GPT when they were made.
-GPT_FIGURES = {"runs/gpt-sweep/scaling.png": "scaling.png", "runs/gpt-sweep/fewshot-sizes.png": "fewshot-sizes.png"}
+GPT_FIGURES = {
+    "runs/gpt-sweep/scaling.png": "scaling.png",
+    "runs/gpt-sweep/fewshot-sizes-dictionary.png": "fewshot-sizes.png",
+    "runs/gpt-sweep/fewshot-sizes-incontext.png": "fewshot-sizes-incontext.png",
+}
 # Few-shot tasks on the demo page: real translation of held-out words (inline, the seed's format), the
 # in-context ones (answer only in the prompt), then the paper's 2-digit addition.
 GPT_DEMO_TASKS = ("french", "lexicon", "affix", "add2")
@@ -179,7 +183,12 @@ def language_section(gpt, out: Path, seed: int, queries: int = 20) -> tuple[str,
         + ", ".join(f"k = {k}: {100 * v:.0f}%" for k, v in means.items())
         + f".</p><img src='{plot.name}' alt='accuracy vs k'>"
     )
-    for png, title in (("fewshot-sizes.png", "Few-shot gain by model size"), ("scaling.png", "Scaling")):
+    figures = (
+        ("fewshot-sizes.png", "Few-shot gain by model size: real translation of held-out words"),
+        ("fewshot-sizes-incontext.png", "Few-shot gain by model size: answers only in the prompt"),
+        ("scaling.png", "Scaling"),
+    )
+    for png, title in figures:
         shipped = Path(gpt.source_dir) / png if getattr(gpt, "source_dir", None) else None
         if shipped is not None and shipped.is_file():
             shutil.copyfile(shipped, out / f"gpt-{png}")

@@ -81,7 +81,7 @@ def test_packaged_gpt_is_the_default_with_a_note(capsys):
     captured = capsys.readouterr()
     record = json.loads(captured.out)
     assert record["prompt_truncated"] is False and record["completion"].startswith(" ")  # a word follows " ="
-    assert captured.err.count("note: the packaged GPT knows only") == 1
+    assert captured.err.count("note: the packaged GPT (") == 1
     assert score(["sky => ciel", "--json"]) == 0
     assert "note:" in capsys.readouterr().err
     assert fewshot(["--tasks", "lexicon", "--n", "10", "--shots", "0,4", "--json", "--no-progress"]) == 0

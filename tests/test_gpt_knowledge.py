@@ -167,3 +167,22 @@ def test_checkpoint_extra_files_with_a_path_are_refused(tmp_path, tiny_gpt):
     with pytest.raises(CheckpointError, match="not a plain file name"):
         load_model(tmp_path / "bad.ckpt", "gpt")
     assert not (tmp_path.parent / "evil.json").exists()
+
+
+SEED_PROMPT = "sky = ciel; dog = chien; cat = chat; children ="
+
+
+def test_packaged_gpt_answers_the_seed_prompt_and_translates_held_out_words():
+    import multimodal
+    from multimodal.gpt.fewshot import evaluate
+
+    gpt = multimodal.load("gpt")
+    assert gpt.config.tokenizer == "gpt2" and gpt.tokenizer.vocab_size == 2048
+    assert gpt.generate(SEED_PROMPT, 4, temperature=0, stop=[";"]).text.strip() == "enfants"
+    # sampled at the CLI's defaults (temperature 1): the first word is enfant(s) for nearly every seed
+    firsts = [gpt.generate(SEED_PROMPT, 3, seed=s).text.split(";")[0].split() for s in range(20)]
+    assert sum(f[:1] in (["enfant"], ["enfants"]) for f in firsts) >= 18
+    # the README's figure: held-out words, four examples, English -> French
+    report = evaluate(gpt, load_tasks("french", 32), [0, 4], progress=False, style="inline")
+    assert report["n"]["french"] == len(tasks.HELD_OUT_WORDS)
+    assert report["results"]["french"][4] >= 0.85 and report["results"]["french"][0] <= 0.4

@@ -263,8 +263,14 @@ class GPT(nn.Module):
         seed: int | None = None,
         stop: Sequence[str] = (),
         stop_at_eot: bool = True,
+        document_start: bool = True,
     ) -> Generation:
         """Continue ``prompt``; stops at a stop string (excluded from the text), end-of-text, or length.
+
+        ``document_start``: the prompt follows the end-of-text token, GPT-2's document separator, as in ``score``
+        and ``fewshot``: the model reads it as the start of a document, not as text cut from the middle of one
+        (a training row starts at an arbitrary place). It is not counted in ``prompt_tokens``, and it is left out
+        when the prompt fills the room the context leaves.
 
         A prompt that fits the context is never cut: at most the tokens that fit after it are generated
         (``finish_reason`` "length" when that is fewer than ``max_new_tokens``). Only a prompt longer than the
@@ -286,6 +292,9 @@ class GPT(nn.Module):
                 f"prompt of {len(ids)} tokens cut from the left to {room} to fit the context of {n_ctx}", stacklevel=2
             )
             ids = ids[-room:]
+        # the document start goes first when the context is full: it never costs a new token or a prompt token
+        start = [tok.eot_id] if document_start and len(ids) < room and ids[0] != tok.eot_id else []
+        ids = start + ids
         settings = SamplingSettings(temperature, top_k, top_p, seed)
         stops = [s for s in stop if s]
 
@@ -306,7 +315,7 @@ class GPT(nn.Module):
         cut = [text.index(s) for s in stops if s in text]
         if cut:
             text, reason = text[: min(cut)], "stop"
-        return Generation(text, new, len(ids), reason, truncated)
+        return Generation(text, new, len(ids) - len(start), reason, truncated)
 
 
 def checkpoint_or_packaged(checkpoint: str | None) -> str:
