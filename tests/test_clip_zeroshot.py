@@ -143,13 +143,13 @@ def test_bad_inputs(tmp_path, capsys, export, monkeypatch):
         tmp_path / "cut.png",
         tmp_path / "ok.png",
     )
-    assert code != 0
+    assert code == 1  # the README: each unreadable image its own error line, exit code 1 at the end
     assert out.count("\n") == 1 and out.startswith(str(tmp_path / "ok.png"))  # the good image is still classified
     assert len(err.strip().splitlines()) == 3 and "no such file" in err and "not a readable image" in err
     # a decompression bomb: refused before its pixels are decoded
     monkeypatch.setattr("multimodal.images.MAX_IMAGE_PIXELS", 1000)
     code, out, err = run(capsys, "--checkpoint", export, "--labels", "cat,dog", tmp_path / "ok.png")
-    assert code != 0 and "too large" in err and out == ""
+    assert code == 1 and "too large" in err and out == ""
     monkeypatch.undo()
     code, _, err = run(capsys, "--checkpoint", tmp_path / "nowhere", "--labels", "cat,dog", tmp_path / "ok.png")
     assert code == 2 and err.count("\n") == 1
