@@ -3,6 +3,7 @@ reproduced within 1e-4 (full-width configs, fewer blocks to keep the suite fast)
 
 from __future__ import annotations
 
+import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -16,8 +17,6 @@ from clip.openclip import (
 from multimodal.checkpoint import CheckpointError, load_model, save_export
 from multimodal.tokenizers import ClipTokenizer
 from tests.clip_helpers import openclip_config, random_openclip, write_config
-
-open_clip = pytest.importorskip("open_clip")
 
 TEXTS = ["a photo of a cat", "a diagram of a red circle above a blue square", ""]
 
