@@ -157,3 +157,12 @@ def test_open_clip_refusals(tmp_path, capsys):
     for fmt in ("hf", "open_clip"):
         code, out, err = run(capsys, "--checkpoint", dalle, "--format", fmt, "--out", tmp_path / "c")
         assert code == 2 and err.count("\n") == 1 and "'dalle' model" in err and "only gpt and clip" in err
+    # the dVAE alone (an image tokenizer): no peer layout either, refused before anything is written
+    from tests.vae_helpers import tiny_vae
+
+    vae = save_export(tiny_vae(), tmp_path / "vae")
+    for fmt in ("hf", "open_clip"):
+        code, out, err = run(capsys, "--checkpoint", vae, "--format", fmt, "--out", tmp_path / "d")
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert err.startswith("error: ") and "'vae' model" in err and "only gpt and clip" in err, err
+        assert not (tmp_path / "d").exists()
