@@ -3,6 +3,7 @@ reproduced within 1e-4 (full-width configs, fewer blocks to keep the suite fast)
 
 from __future__ import annotations
 
+import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -16,8 +17,6 @@ from clip.openclip import (
 from multimodal.checkpoint import CheckpointError, load_model, save_export
 from multimodal.tokenizers import ClipTokenizer
 from tests.clip_helpers import openclip_config, random_openclip, write_config
-
-open_clip = pytest.importorskip("open_clip")
 
 TEXTS = ["a photo of a cat", "a diagram of a red circle above a blue square", ""]
 
@@ -166,3 +165,34 @@ def test_hub_reachability_goes_through_huggingface_hub(monkeypatch):
         monkeypatch.setenv(var, "1")
         assert not _hub_reachable() and len(asked) == 2  # offline: not even asked
         monkeypatch.delenv(var)
+
+
+def test_openclip_import_cli_writes_an_export_with_the_peer_s_features(tmp_path, capsys):
+    """``python -m clip.openclip import --model CONFIG --weights FILE --out DIR``: an export directory every
+    ``--checkpoint`` takes, features equal to open_clip's own; bad input is one line, exit 2."""
+    from clip.openclip import main
+
+    cfg = openclip_config("ViT-B-32", 1)
+    ref = random_openclip(cfg, seed=3)
+    save_file(ref.state_dict(), str(tmp_path / "w.safetensors"))
+    config = write_config(cfg, tmp_path / "ViT-B-32-1.json")
+    out = tmp_path / "imported"
+    args = ["import", "--model", str(config), "--weights", str(tmp_path / "w.safetensors")]
+    assert main([*args, "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    ours = load_model(out, "clip")  # what --checkpoint reads
+    image = torch.randn(2, 3, 224, 224)
+    ids = ClipTokenizer().batch(TEXTS, 77)
+    a, b = _features(ref, image, ids, ours=False), _features(ours, image, ids, ours=True)
+    assert (a[0] - b[0]).abs().max() < 1e-4 and (a[1] - b[1]).abs().max() < 1e-4
+    # a directory that holds something else is not written into; a weights file that is not one is named
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main([*args, "--out", str(tmp_path / "other")]) == 2
+    (tmp_path / "junk.bin").write_bytes(b"not weights at all")
+    bad = ["import", "--model", str(config), "--weights", str(tmp_path / "junk.bin"), "--out", str(tmp_path / "x")]
+    assert main(bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err) and "Traceback" not in "".join(err)
+    assert "not a model export" in err[0] and "junk.bin" in err[1]
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]

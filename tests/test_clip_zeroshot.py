@@ -62,6 +62,39 @@ def test_probabilities_match_the_model(tmp_path, capsys, export):
     assert abs(got["cat"] - float(want[0])) < 1e-4
 
 
+def test_default_is_the_80_template_ensemble_computed_by_hand(tmp_path, capsys, export):
+    """No ``--template``: each label in OpenAI's 80 ImageNet templates (open_clip's own list), every text
+    embedding normalised, averaged per label and normalised again, as in CLIP's zero-shot notebook."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    from multimodal.checkpoint import load_model
+
+    shape_image().save(tmp_path / "a.png")
+    labels = ["red square", "blue circle"]
+    code, out, err = run(capsys, "--checkpoint", export, "--labels", ",".join(labels), "--json", tmp_path / "a.png")
+    assert code == 0, err
+    got = json.loads(out)["probs"]
+    model = load_model(export, "clip")
+    assert len(OPENAI_IMAGENET_TEMPLATES) == 80
+    with torch.no_grad():
+        pixels = preprocess(tmp_path / "a.png", model.config.vision.preprocess)[None]
+        image = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)[0]
+        weights, first_only = [], []
+        for label in labels:
+            texts = [template(label) for template in OPENAI_IMAGENET_TEMPLATES]
+            each = torch.stack([model.embed_texts([t])[0] for t in texts])  # [80, E], each normalised
+            assert torch.allclose(each.norm(dim=-1), torch.ones(80), atol=1e-5)
+            mean = each.mean(0)
+            weights.append(mean / mean.norm())
+            first_only.append(each[0])
+        scale = model.logit_scale.exp().clamp(max=100)
+        want = (scale * image @ torch.stack(weights).T).softmax(-1)
+        one = (scale * image @ torch.stack(first_only).T).softmax(-1)
+    assert abs(float(want[0] - one[0])) > 1e-3  # the ensemble is not the first template alone: the check can fail
+    for k, label in enumerate(labels):
+        assert got[label] == pytest.approx(float(want[k]), abs=1e-5), label
+
+
 def test_image_modes_and_exif_rotation(tmp_path, capsys, export):
     base = shape_image()
     base.save(tmp_path / "rgb.png")
@@ -110,13 +143,13 @@ def test_bad_inputs(tmp_path, capsys, export, monkeypatch):
         tmp_path / "cut.png",
         tmp_path / "ok.png",
     )
-    assert code != 0
+    assert code == 1  # the README: each unreadable image its own error line, exit code 1 at the end
     assert out.count("\n") == 1 and out.startswith(str(tmp_path / "ok.png"))  # the good image is still classified
     assert len(err.strip().splitlines()) == 3 and "no such file" in err and "not a readable image" in err
     # a decompression bomb: refused before its pixels are decoded
     monkeypatch.setattr("multimodal.images.MAX_IMAGE_PIXELS", 1000)
     code, out, err = run(capsys, "--checkpoint", export, "--labels", "cat,dog", tmp_path / "ok.png")
-    assert code != 0 and "too large" in err and out == ""
+    assert code == 1 and "too large" in err and out == ""
     monkeypatch.undo()
     code, _, err = run(capsys, "--checkpoint", tmp_path / "nowhere", "--labels", "cat,dog", tmp_path / "ok.png")
     assert code == 2 and err.count("\n") == 1

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -36,6 +40,25 @@ def test_same_seed_same_png_bytes_and_progress_bar(ckpt, tmp_path, capsys):
     assert a.read_bytes() != c.read_bytes()
     with Image.open(a) as im:  # 3 images of 16 px in one row, 2 px borders
         assert im.size == (3 * 18 + 2, 20)
+
+
+def test_same_seed_same_png_bytes_in_two_processes_with_different_thread_counts(tmp_path):
+    """The README's promise, as a user meets it: two runs of the command (the packaged DALL·E, reranked by the
+    packaged CLIP), one on 1 thread and one on 2, write the same PNG bytes; another seed writes other bytes."""
+    root = Path(__file__).resolve().parents[1]
+
+    def sample(seed: int, threads: int) -> bytes:
+        out = tmp_path / f"s{seed}-t{threads}.png"
+        env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads)}
+        cmd = [sys.executable, "-m", "dalle.sample", "a red circle in the top left", "--num", "2", "--seed",
+               str(seed), "--out", str(out), "--no-progress"]  # fmt: skip
+        r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return out.read_bytes()
+
+    one = sample(5, threads=1)
+    assert one == sample(5, threads=2)
+    assert one != sample(6, threads=1)
 
 
 def test_out_dir_json_sampling_flags_and_guidance(ckpt, tmp_path, capsys):

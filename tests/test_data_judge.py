@@ -85,7 +85,14 @@ def test_cli_scores_a_folder_and_rejects_bad_input(tmp_path, capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["images"] == 4 and r["skipped"] == 1
     assert set(r["accuracy"]) == {"shape", "color", "size", "position", "relation", "all"}
-    assert all(v is None or 0 <= v <= 1 for v in r["accuracy"].values())
+    # each rate is the share of the per-image verdicts (a None where no prompt asked for the attribute)
+    rows = r["per_image"]
+    assert all(row["all"] == all(row["correct"].values()) for row in rows)
+    for attr, rate in r["accuracy"].items():
+        flags = [
+            row["all"] if attr == "all" else row["correct"][attr] for row in rows if attr in {"all", *row["correct"]}
+        ]
+        assert rate == (pytest.approx(sum(flags) / len(flags)) if flags else None), attr
     assert {row["file"] for row in r["per_image"]} == {"0.png", "1.png", "2.png", "3.png"}
     assert main(["--checkpoint", str(ckpt), str(d)]) == 0
     assert "all" in capsys.readouterr().out

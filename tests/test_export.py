@@ -39,7 +39,8 @@ def lightning_ckpt(model, path):
 # -- hf ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("source", ["export", "ckpt", "hf_round_trip"])
 def test_hf_export_loads_in_transformers_with_equal_logits(tmp_path, capsys, gpt2_dir, source):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     if source == "hf_round_trip":  # an HF GPT-2 (BPE tokenizer) in, back out
         ours, checkpoint = load_model(gpt2_dir), gpt2_dir
     else:
@@ -70,7 +71,8 @@ def test_hf_export_loads_in_transformers_with_equal_logits(tmp_path, capsys, gpt
 
 
 def test_byte_tokenizer_is_an_exact_byte_level_bpe(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     from multimodal.export import export_hf
 
     model = tiny_gpt()
@@ -100,7 +102,8 @@ def test_hf_refusals_name_the_field(tmp_path, capsys):
 
 # -- open_clip --------------------------------------------------------------------------------------------
 def test_open_clip_local_dir_features_and_preprocess(tmp_path, capsys):
-    open_clip = pytest.importorskip("open_clip")
+    import open_clip
+
     from clip.openclip import load_clip
     from multimodal.images import preprocess
     from tests.clip_helpers import shape_image, tiny_model
@@ -154,3 +157,12 @@ def test_open_clip_refusals(tmp_path, capsys):
     for fmt in ("hf", "open_clip"):
         code, out, err = run(capsys, "--checkpoint", dalle, "--format", fmt, "--out", tmp_path / "c")
         assert code == 2 and err.count("\n") == 1 and "'dalle' model" in err and "only gpt and clip" in err
+    # the dVAE alone (an image tokenizer): no peer layout either, refused before anything is written
+    from tests.vae_helpers import tiny_vae
+
+    vae = save_export(tiny_vae(), tmp_path / "vae")
+    for fmt in ("hf", "open_clip"):
+        code, out, err = run(capsys, "--checkpoint", vae, "--format", fmt, "--out", tmp_path / "d")
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert err.startswith("error: ") and "'vae' model" in err and "only gpt and clip" in err, err
+        assert not (tmp_path / "d").exists()

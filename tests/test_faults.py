@@ -51,11 +51,29 @@ def _steps_saved(root: Path) -> int:
     return max((int(n.rsplit("step=", 1)[1]) for n in names), default=0)
 
 
-def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(tmp_path):
+def _record_steps(monkeypatch) -> list[tuple[int, float]]:
+    """Every training step the in-process run takes: (global step, a fingerprint of its batch)."""
+    from multimodal.gpt.lm import GPTModule
+
+    seen: list[tuple[int, float]] = []
+    step = GPTModule.training_step
+
+    def recording(self, batch, batch_idx):
+        seen.append((self.global_step, float((batch.double() * torch.arange(1, batch.shape[1] + 1)).sum())))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(GPTModule, "training_step", recording)
+    return seen
+
+
+def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(tmp_path, monkeypatch):
     from multimodal.train import main
 
     full, killed = tmp_path / "full", tmp_path / "killed"
+    seen = _record_steps(monkeypatch)
     assert main(_train_cmd(full)[3:]) == 0  # in-process where no kill is needed: no interpreter start-up
+    uninterrupted = list(seen)
+    assert [s for s, _ in uninterrupted] == list(range(STEPS))
     # a kill point drawn at random (fixed seed: the same test every time), between two periodic checkpoints
     kill_after = random.Random(17).randint(6, STEPS - 6)
     proc = subprocess.Popen(
@@ -72,7 +90,12 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(tm
     stopped_at = torch.load(last, weights_only=True, map_location="cpu")["global_step"]
     assert 0 < stopped_at < STEPS
 
+    seen.clear()
     assert main(_train_cmd(killed, f"--ckpt_path={last}")[3:]) == 0
+    # the resumed run starts at the checkpoint's step, takes only the steps left, and sees the batches the
+    # uninterrupted run saw at those steps (the sampler resumes mid-epoch)
+    assert [s for s, _ in seen] == list(range(stopped_at, STEPS)), f"resumed at {seen[0][0]}, not {stopped_at}"
+    assert seen == uninterrupted[stopped_at:]
     a, b = load_file(full / "export/model.safetensors"), load_file(killed / "export/model.safetensors")
     assert a.keys() == b.keys()
     # same seed, same data order (the sampler resumes mid-epoch), same optimizer and schedule state: same weights

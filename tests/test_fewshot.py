@@ -161,3 +161,43 @@ def test_cli_plot_into_missing_directory_is_one_line_error(tmp_path, capsys):
     args = ["--checkpoint", str(ckpt), "--tasks", "add2", "--plot", str(tmp_path / "no" / "a.png")]
     assert main(args) == 2
     assert capsys.readouterr().err.startswith("error: --plot")
+
+
+def test_cli_norm_token_char_none_by_hand(tmp_path, capsys):
+    """``--norm``: a choice's log-likelihood (after `` => ``, the choice with its leading space) divided by its
+    tokens (GPT-3), by its characters (lm-eval's acc_norm) or not at all (acc). Multi-byte choices have more
+    tokens than characters, and choices of different lengths separate the sum from the means, so the three
+    rules pick differently: each accuracy is checked against the picks computed here."""
+    model = tiny_gpt()
+    ckpt = save_export(model, tmp_path / "m")
+    tok = model.tokenizer
+    words = ["a", "yes", "no way", "é", "éé", "日本", "naïve", "zz top", "qq"]
+    rng = random.Random(3)
+    records = [{"context": f"q{i}", "choices": rng.sample(words, 3)} for i in range(16)]
+
+    def scores(record: dict) -> dict[str, list[float]]:
+        prompt = [tok.eot_id, *tok.encode(f"{record['context']} =>")]
+        out = {"token": [], "char": [], "none": []}
+        for c in record["choices"]:
+            cont = tok.encode(" " + c)
+            with torch.no_grad():
+                logp = model(torch.tensor([prompt + cont])).log_softmax(-1)[0]
+            total = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(cont))
+            out["token"].append(total / len(cont))
+            out["char"].append(total / len(c))
+            out["none"].append(total)
+        return out
+
+    picks = [{k: max(range(3), key=v.__getitem__) for k, v in scores(r).items()} for r in records]
+    for r, p in zip(records, picks):
+        r["answer"] = p["char"]  # labelled by acc_norm's rule: --norm char gets every one right
+    want = {norm: sum(p[norm] == p["char"] for p in picks) / len(picks) for norm in ("token", "char", "none")}
+    assert want["char"] == 1 and len(set(want.values())) == 3, want  # the three rules disagree here
+    f = tmp_path / "mc.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in records))
+    for norm, accuracy in want.items():
+        args = ["--checkpoint", str(ckpt), "--tasks", str(f), "--shots", "0", "--norm", norm, "--json", "--no-progress"]
+        assert main(args) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["conventions"]["norm"] == norm
+        assert out["accuracy"]["mc"]["0"] == pytest.approx(accuracy), norm

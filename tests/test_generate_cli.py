@@ -74,8 +74,7 @@ def test_packaged_gpt_is_the_default_with_a_note(capsys):
     from multimodal.gpt.fewshot import main as fewshot
     from multimodal.gpt.score import main as score
 
-    if packaged_path("gpt") is None:
-        pytest.skip("no GPT packaged (python -m multimodal.demo build)")
+    assert packaged_path("gpt") is not None, "no GPT packaged (python -m multimodal.demo build)"
     prompt = "sky = ciel; dog = chien; cat = chat; dog ="
     assert main([prompt, "--temperature", "0", "--json"]) == 0
     captured = capsys.readouterr()

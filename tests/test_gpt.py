@@ -56,8 +56,15 @@ def test_score_sums_token_logprobs(tiny_gpt):
 def test_score_longer_than_context_uses_windows(tiny_gpt):
     text = "the quick brown fox jumps over the lazy dog " * 2  # 88 bytes > context 32
     s = tiny_gpt.score(text)
-    assert len(s["logprobs"]) == len(text.encode())
-    assert all(lp <= 0 for lp in s["logprobs"])
+    ids = [256] + list(text.encode())
+    assert len(s["logprobs"]) == len(ids) - 1 == 88 and s["windows"] == 3
+    # by hand: tokens 1-32 see the context from the start, 33-64 from token 32 (the second window), and the last
+    # window is full, so tokens 65-88 see it from 88 - 32 = 56
+    with torch.no_grad():
+        for t in range(1, len(ids)):
+            start = 0 if t <= 32 else 32 if t <= 64 else len(ids) - 1 - 32
+            want = tiny_gpt(torch.tensor([ids[start:t]]))[0, -1].log_softmax(-1)[ids[t]].item()
+            assert math.isclose(s["logprobs"][t - 1], want, rel_tol=1e-4, abs_tol=1e-5), t
 
 
 def test_lm_head_tied_and_presets():

@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
+import transformers
 
 from multimodal.checkpoint import CheckpointError, load_model, save_export
 from multimodal.sampling import SamplingSettings
-
-transformers = pytest.importorskip("transformers")
 
 
 def test_logits_and_greedy_generation_match_hf(gpt2_dir):

@@ -13,7 +13,6 @@ from multimodal.gpt import GPT, GPTConfig
 from multimodal.gpt.fewshot import _prompt_ids, choice_logprobs
 from multimodal.gpt.hf import export_hf_gpt2
 
-pytest.importorskip("lm_eval")
 CONTEXT = 32
 TEXTS = [
     "hello world",  # short

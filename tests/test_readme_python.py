@@ -26,8 +26,7 @@ def test_the_readme_has_one_example_per_head():
 def test_python_example_runs(index, monkeypatch):
     code = BLOCKS[index]
     missing = [n for n in re.findall(r'multimodal\.load\("(\w+)"\)', code) if packaged_path(n) is None]
-    if missing:
-        pytest.skip(f"packaged model(s) {missing} not in this checkout")
+    assert not missing, f"packaged model(s) {missing} not in this checkout (python -m multimodal.demo build)"
     monkeypatch.chdir(ROOT)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from multimodal.gpt import GPT, PRESETS, preset
 from multimodal.train import main
@@ -32,5 +33,10 @@ def test_config_parses(name, capsys):
     assert e.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "class_path" in printed
+    # the README: every config saves last.ckpt periodically (a killed run resumes with --ckpt_path)
+    trainer = yaml.safe_load(printed)["trainer"]
+    assert trainer.get("enable_checkpointing") is not False
+    saves = [c["init_args"] for c in trainer.get("callbacks") or [] if c["class_path"].endswith(".ModelCheckpoint")]
+    assert len(saves) == 1 and saves[0]["save_last"] is True and saves[0]["every_n_train_steps"], saves
     if name == "gpt/gpt3":
         assert "FSDPStrategy" in printed and "bf16-mixed" in printed and "grad_checkpointing: true" in printed

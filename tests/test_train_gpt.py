@@ -52,8 +52,14 @@ def test_tiny_config_lowers_val_loss_and_exports(tmp_path):
     ckpt = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
     assert ckpt.is_file(), sorted(str(p) for p in tmp_path.rglob("*.ckpt"))
     assert "hyper_parameters" not in torch.load(ckpt, weights_only=True)
-    r = _train(tmp_path, f"--ckpt_path={ckpt}", steps=70)
+    saved_at = torch.load(ckpt, weights_only=True)["global_step"]
+    assert saved_at == 50  # every_n_train_steps: 50
+    r = _train(tmp_path, f"--ckpt_path={ckpt}", "--trainer.log_every_n_steps=1", steps=70)
     assert r.returncode == 0, r.stderr[-3000:]
+    # the resumed run (the logger's version_1) starts at the checkpoint's step and takes only the steps left
+    rows = list(csv.DictReader((tmp_path / "lightning_logs/version_1/metrics.csv").open()))
+    trained = sorted({int(r["step"]) for r in rows if r.get("train_loss")})
+    assert trained == list(range(saved_at, 70)), trained
     out = subprocess.run(
         [
             sys.executable,
@@ -83,4 +89,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     r = _train(tmp_path, "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", steps=20)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "export" / "model.safetensors").is_file()
-    assert len(_val_losses(tmp_path)) >= 1
+    # two processes, each a rank of one world, and they trained: the loss is well under an untrained model's
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in r.stderr and "GLOBAL_RANK: 1, MEMBER: 2/2" in r.stderr, r.stderr[-2000:]
+    losses = _val_losses(tmp_path)
+    assert len(losses) == 2 and losses[-1] < losses[0] < 0.6 * 5.55  # ln(257) = 5.55: untrained (2.9, 2.7 measured)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dall_e
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,8 +10,6 @@ import torch.nn.functional as F
 from dalle.vae.cli import main
 from dalle.vae.openai import convert_openai_state, load_openai_state
 from multimodal.checkpoint import CheckpointError, load_model
-
-dall_e = pytest.importorskip("dall_e")
 
 
 def _peer(seed: int = 0):
