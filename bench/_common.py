@@ -123,11 +123,12 @@ def format_versus_mm(name: str, r: dict) -> str:
 
 # -- --smoke ------------------------------------------------------------------------------------------------
 def smoke_check(checks: dict[str, bool]) -> None:
-    """``--smoke``: exit non-zero naming each failed check (the comparison ran; parity holds), else say so."""
+    """``--smoke``: exit non-zero naming each failed check (the comparison ran; parity holds), else say so
+    (on stderr, so ``--smoke --json`` still prints only JSON on stdout)."""
     failed = [name for name, ok in checks.items() if not ok]
     if failed:
         sys.exit("smoke check failed: " + "; ".join(failed))
-    print(f"smoke: ok ({len(checks)} checks)")
+    print(f"smoke: ok ({len(checks)} checks)", file=sys.stderr)
 
 
 def positive(*values: float) -> bool:
