@@ -48,7 +48,7 @@ def test_bench_smoke_prints_ratios_and_hardware_fraction(name):
     assert "x" in out and "torch.mm" in out, out  # a ratio line and the train step against torch.mm
 
 
-@pytest.mark.parametrize("name", ["dalle", "gpt", "vae"])
+@pytest.mark.parametrize("name", ["dalle", "vae"])  # gpt.py and clip.py print the same way, slower
 def test_bench_smoke_json_is_one_document(name):
     result = json.loads(smoke(name, "--json").stdout)
     assert set(result["load_average"]) == {"1min", "5min", "15min"}
