@@ -2,11 +2,15 @@
 
     python bench/vae.py                       # small geometry (CPU friendly): 64x64, n_hid 64, 1 block, 512 codes
     python bench/vae.py --paper --device cuda # OpenAI's released geometry: 256x256, n_hid 256, 2 blocks, 8192 codes
+    python bench/vae.py --smoke               # 16x16 images, one batch: checks the comparison runs (CI)
 
 Both encoders hold the same weights (ours converted from theirs, so the work is identical), see the
 same images, and are timed interleaved (ABBA...) so that a busy machine slows both alike. On CUDA the
 dall-e encoder runs its convolutions in fp16 (its own Conv2d does that); ours then runs under fp16
-autocast, so the comparison stays like for like. Prints images/s of each and ours / theirs.
+autocast, so the comparison stays like for like. Prints the load average first (a warning above 1.5),
+images/s of each and ours / theirs, then our whole dVAE's train step (Gumbel relaxation, decoder,
+logit-Laplace loss, backward, AdamW; ``dall-e`` ships no training code) as FLOP/s against ``torch.mm`` at
+the step's largest matmul shape (a convolution as its im2col GEMM), measured in the same run.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import count_step, format_versus_mm, positive, report_load, smoke_check, versus_mm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="16x16 images, one batch: the comparison runs (for CI)")
     args = p.parse_args(argv)
+    if args.smoke:  # dall-e's smallest encoder (n_hid >= 64, vocab >= 512) on tiny images
+        args.size, args.batch_size, args.reps = 16, 2, 1
     try:
         from dall_e import Encoder, map_pixels
     except ImportError as e:
@@ -66,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     blocks = args.blocks or (2 if args.paper else 1)
     vocab = args.vocab or (8192 if args.paper else 512)
 
+    load = report_load()
     torch.manual_seed(0)
     theirs = Encoder(n_hid=n_hid, n_blk_per_group=blocks, vocab_size=vocab, device=device).eval()
     dec_state = _dummy_decoder_state(vocab, n_hid, blocks)
@@ -93,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                 t_theirs += timed(run_theirs, x, device)
                 t_ours += timed(run_ours, x, device)
     n = args.reps * args.batch_size
+    hardware = _train_step_vs_mm(ours, x, args.reps, autocast) if device.type == "cpu" else None
     result = {
+        "load_average": load,
         "geometry": {"image_size": size, "n_hid": n_hid, "blocks_per_group": blocks, "vocab": vocab, "grid": size // 8},
         "device": str(device),
         "threads": torch.get_num_threads(),
@@ -104,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "dall_e_images_per_s": round(n / t_theirs, 2),
         "ratio_ours_over_dall_e": round(t_theirs / t_ours, 3),
         "max_abs_logit_diff": diff,
+        "train_vs_mm": hardware,
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -116,7 +128,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ours    {result['ours_images_per_s']:9.2f} images/s")
         print(f"  dall-e  {result['dall_e_images_per_s']:9.2f} images/s")
         print(f"  ratio (ours / dall-e) {result['ratio_ours_over_dall_e']:.3f}; max |logit diff| {diff:.2e}")
+        if hardware:
+            print(format_versus_mm("our dVAE", hardware))
+    if args.smoke:
+        smoke_check(
+            {
+                "both encoders timed": positive(t_ours, t_theirs),
+                f"same logits as dall-e at the same weights (max diff {diff:.1e})": diff < 1e-3,
+                "FLOP/s vs torch.mm measured": hardware is not None and positive(hardware["fraction_of_mm"]),
+            }
+        )
     return 0
+
+
+def _train_step_vs_mm(model, x: torch.Tensor, reps: int, autocast) -> dict:
+    """Our dVAE's train step (Gumbel-softmax, decoder, loss, backward, AdamW) against ``torch.mm``."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        with autocast:
+            loss = model(x, temperature=1.0, kl_weight=1e-3)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up (allocations, optimizer state)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return versus_mm(count_step(step), sorted(times)[len(times) // 2])
 
 
 def _dummy_decoder_state(vocab: int, n_hid: int, blocks: int) -> dict[str, torch.Tensor]:
