@@ -24,6 +24,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from multimodal.serve.engine import Event
+
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
@@ -492,26 +494,123 @@ def test_engine_prompts_prefilled_together_decode_like_generate(gpt):
         engine.close()
 
 
-def test_engine_survives_a_failing_batch(gpt, capsys):
+def _run_choices(engine, choices, timeout: float = 60) -> list[tuple[str, Event]]:
+    """Submit choices whose ``emit`` is unset; → (text, last event) of each."""
     import queue
 
+    events: queue.Queue = queue.Queue()
+    for i, c in enumerate(choices):
+        c.emit = lambda e, i=i: events.put((i, e))
+    assert engine.submit(choices)
+    texts, last = [""] * len(choices), [None] * len(choices)
+    while any(e is None for e in last):
+        i, e = events.get(timeout=timeout)
+        texts[i] += e.text
+        if e.finish_reason is not None:
+            last[i] = e
+    return list(zip(texts, last))
+
+
+def test_engine_refuses_a_bad_choice_on_submission(gpt):
     from multimodal.sampling import SamplingSettings
     from multimodal.serve.engine import Choice, Engine
 
     engine = Engine(gpt, max_batch=2)
-    events: queue.Queue = queue.Queue()
     greedy = SamplingSettings(temperature=0)
+    noop = lambda e: None  # noqa: E731
     try:
-        engine.submit([Choice([10**6], 4, greedy, events.put)])  # an id past the embedding table
-        assert "generation failed" in events.get(timeout=30).error
-        engine.submit([Choice([1, 2], 3, greedy, events.put)])
-        text = ""
-        while (e := events.get(timeout=30)).finish_reason is None:
-            text += e.text
-        assert text + e.text == gpt.generate("\x01\x02", 3, temperature=0).text
+        bad = [
+            (Choice([10**6], 4, greedy, noop), "outside the vocabulary"),
+            (Choice([], 4, greedy, noop), "empty prompt"),
+            (Choice([1] * CONTEXT, 8, greedy, noop), "exceed the context"),
+            (Choice([1], -1, greedy, noop), "max_tokens"),
+        ]
+        settings = SamplingSettings(temperature=1.0)
+        settings.top_p = 0.0  # changed after its own check
+        bad.append((Choice([1], 4, settings, noop), "top_p"))
+        for choice, words in bad:
+            with pytest.raises(ValueError, match=words):
+                engine.submit([Choice([1, 2], 3, greedy, noop), choice])  # the good one is not queued either
+        assert engine.stats()["waiting"] == 0 and engine.stats()["running"] == 0
     finally:
         engine.close()
-    assert "IndexError" in capsys.readouterr().err  # the traceback goes to the server's log
+
+
+def test_engine_a_failing_row_fails_alone(gpt, monkeypatch, capsys):
+    """A forward pass that raises for one row (here: any batch holding the poison token) ends that row only;
+    the rows beside it give ``GPT.generate``'s text, in the prefill and in decode steps alike."""
+    from multimodal.sampling import SamplingSettings
+    from multimodal.serve.engine import Choice, Engine
+
+    poison = 200
+    real_hidden = gpt.hidden
+
+    def hidden(ids, cache=None, pos=0):
+        if (ids == poison).any():
+            raise RuntimeError("poisoned row")
+        return real_hidden(ids, cache, pos)
+
+    engine = Engine(gpt, max_batch=4)
+    monkeypatch.setattr(engine.model, "hidden", hidden)
+    greedy = SamplingSettings(temperature=0)
+    prompts = ["alpha", "beta gamma", "delta"]
+    try:
+        # the poison in the prompt: the shared prefill fails, then each prompt alone
+        choices = [Choice(gpt.tokenizer.encode(p), 10, greedy, None) for p in prompts]
+        choices.insert(1, Choice([poison, 65], 10, greedy, None))
+        out = _run_choices(engine, choices)
+        assert "poisoned row" in out[1][1].error and out[1][1].finish_reason == "error"
+        monkeypatch.setattr(engine.model, "hidden", real_hidden)
+        want = [gpt.generate(p, 10, temperature=0).text for p in prompts]
+        assert [t for t, _ in out[:1] + out[2:]] == want
+        assert all(e.error is None and e.finish_reason == "length" for _, e in out[:1] + out[2:])
+        # the poison drawn mid-generation: a row forced to emit it fails at its next decode step
+        monkeypatch.setattr(engine.model, "hidden", hidden)
+        forced = SamplingSettings(temperature=1.0, top_k=1)
+        real_pick = engine._pick
+
+        def pick(logits, rows):
+            if engine.running[rows[0]].settings is forced:
+                return [poison] * len(rows)
+            return real_pick(logits, rows)
+
+        monkeypatch.setattr(engine, "_pick", pick)
+        choices = [Choice(gpt.tokenizer.encode(p), 10, greedy, None) for p in prompts]
+        choices.append(Choice([65], 10, forced, None))
+        out = _run_choices(engine, choices)
+        assert "poisoned row" in out[3][1].error
+        assert [t for t, _ in out[:3]] == want
+        deadline = time.time() + 10
+        while engine.stats()["running"] and time.time() < deadline:  # finished rows leave at the next step
+            time.sleep(0.01)
+        assert engine.stats()["failed"] == 2 and engine.stats()["running"] == 0
+    finally:
+        engine.close()
+    assert "RuntimeError: poisoned row" in capsys.readouterr().err  # the traceback goes to the server's log
+
+
+def test_engine_one_token_echo_and_a_vanishing_top_p_beside_others(gpt):
+    """The issue's two ordinary requests that used to fail every running stream: echo + logprobs of a
+    one-token prompt, and a top_p that is 0 in float32 (now: the most likely token is kept, as greedy)."""
+    from multimodal.sampling import SamplingSettings
+    from multimodal.serve.engine import Choice, Engine, new_generator
+
+    engine = Engine(gpt, max_batch=4)
+    greedy = SamplingSettings(temperature=0)
+    try:
+        choices = [
+            Choice(gpt.tokenizer.encode("hello"), 12, greedy, None),
+            Choice([65], 0, greedy, None, logprobs=2, echo=True),
+            Choice([65], 3, greedy, None, logprobs=2, echo=True),
+            Choice(gpt.tokenizer.encode("x"), 6, SamplingSettings(1.0, None, 1e-50), None, new_generator(2**70)),
+        ]
+        out = _run_choices(engine, choices)
+        assert all(e.error is None for _, e in out)
+        assert out[0][0] == gpt.generate("hello", 12, temperature=0).text
+        assert out[1] == ("A", out[1][1]) and out[1][1].finish_reason == "length"
+        assert out[3][0] == gpt.generate("x", 6, temperature=0).text  # nucleus of one token: the argmax
+    finally:
+        engine.close()
 
 
 def test_without_keys_no_key_is_asked(gpt):
