@@ -621,7 +621,9 @@ def test_without_keys_no_key_is_asked(gpt):
 
     engine = Engine(gpt, max_batch=2)
     try:
-        with TestClient(create_app([Served("tiny", "gpt", gpt, "memory", engine)])) as http:
+        with TestClient(
+            create_app([Served("tiny", "gpt", gpt, "memory", engine)]), base_url="http://127.0.0.1"
+        ) as http:
             assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["tiny"]
             r = http.post("/v1/completions", json={"prompt": "ab", "max_tokens": 3, "temperature": 0})
             assert r.json()["choices"][0]["text"] == gpt.generate("ab", 3, temperature=0).text

@@ -52,6 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-n", type=int, default=16, help="largest n per request (16)")
     p.add_argument("--max-body-mb", type=float, default=16, help="largest request body in MiB (16)")
     p.add_argument("--max-image-mb", type=float, default=8, help="largest uploaded image in MiB (8)")
+    p.add_argument(
+        "--max-queue", type=int, default=16, help="requests waiting for the DALL·E or CLIP worker before a 429 (16)"
+    )
+    p.add_argument(
+        "--max-label-texts",
+        type=int,
+        default=4000,
+        help="labels × templates one classification may embed (4000: 50 labels with the 80 ImageNet templates)",
+    )
+    p.add_argument(
+        "--chat-template",
+        help="Jinja chat template for /v1/chat/completions (default: the tokenizer's own from the GPT's "
+        "tokenizer_config.json, else a plain 'Role: content' format)",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request on stderr")
     return p
 
@@ -155,18 +169,35 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def shutdown_server():
+    """uvicorn's server, told on SIGTERM / SIGINT to end running streams with an error event first (they
+    see ``service.closing`` within a quarter second) rather than be cut when the grace period ends."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            self.config.app.state.service.closing = True
+            super().handle_exit(sig, frame)
+
+    return Server
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - checked here, used below
 
         from multimodal.serve.app import Limits, create_app
+        from multimodal.serve.chat import load_template
     except ImportError as e:
-        return fail(f"the service needs FastAPI and uvicorn: pip install 'multimodal-suite[serve]' ({e})")
+        return fail(
+            f"the service needs FastAPI, uvicorn, jinja2 and prometheus_client: pip install 'multimodal-suite[serve]' "
+            f"({e})"
+        )
     try:
         if not 0 <= args.port <= 65535:
             raise UsageError(f"--port must be in [0, 65535], got {args.port}")
-        for flag in ("max_batch", "max_tokens", "max_n"):
+        for flag in ("max_batch", "max_tokens", "max_n", "max_queue", "max_label_texts"):
             if getattr(args, flag) < 1:
                 raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
         if args.threads is not None:
@@ -183,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         served = load_models(args, device)
         if not served:
             raise UsageError("no model to serve: give --gpt, --dalle or --clip (or drop --no-packaged)")
+        templates = {s.name: load_template(args.chat_template, s.source) for s in served if s.kind == "gpt"}
     except (UsageError, CheckpointError, ValueError) as e:
         sock.close()
         return fail(e)
@@ -191,17 +223,22 @@ def main(argv: list[str] | None = None) -> int:
         max_tokens=args.max_tokens,
         max_n=args.max_n,
         max_image_bytes=int(args.max_image_mb * 2**20),
+        max_queue=args.max_queue,
+        max_label_texts=args.max_label_texts,
     )
-    app = create_app(served, limits, keys)
+    trusted = (host,) if host not in ("0.0.0.0", "::") else ()
+    app = create_app(served, limits, keys, templates, trusted)
     port = sock.getsockname()[1]
     for s in served:
         extra = f", KV cache {s.engine.cache_megabytes():.0f} MiB for {s.engine.max_batch} slots" if s.engine else ""
+        if s.kind == "gpt":
+            extra += f", chat template: {templates[s.name].source}"
         print(f"serving {s.kind} '{s.name}' from {s.source}{extra}", file=sys.stderr)
     print(access_note(keys, args.host, host), file=sys.stderr)
     url_host = f"[{host}]" if ":" in host else host
     print(f"listening on http://{url_host}:{port} (playground at /, API at /v1)", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=args.access_log, timeout_graceful_shutdown=3)
-    server = uvicorn.Server(config)
+    config = uvicorn.Config(app, log_level="warning", access_log=args.access_log, timeout_graceful_shutdown=5)
+    server = shutdown_server()(config)
     try:
         server.run(sockets=[sock])
     finally:
