@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -379,6 +380,34 @@ def test_bad_request_corpus_gets_json_errors_and_the_server_stays_up(server):
         ("/v1/classifications", {"image": "aGVsbG8=", "labels": two}, 400, "image", "not a readable image"),
         ("/v1/classifications", {"image": _bomb(), "labels": two}, 400, "image", "too large"),
         ("/v1/nothing", {}, 404, None, "no route"),
+        # once 500s: lone surrogates, deep nesting, a negative image top_k; and a body of too many values
+        ("/v1/completions", {"prompt": "a\ud800b"}, 400, "prompt", "surrogate"),
+        ("/v1/completions", {"model": "\udfff", "prompt": "a"}, 400, "model", "surrogate"),
+        ("/v1/classifications", {"image": png, "labels": ["a\ud800", "b"]}, 400, "labels", "surrogate"),
+        ("/v1/images/generations", {"prompt": "a red \ud800 circle"}, 400, "prompt", "surrogate"),
+        ("/v1/completions", b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, None, "nested"),
+        ("/v1/images/generations", {"prompt": "a red circle", "top_k": -1}, 400, "top_k", ">= 0"),
+        ("/v1/completions", b'{"prompt": [' + b",".join([b"1"] * 300_000) + b"]}", 400, None, "JSON values"),
+        ("/v1/completions", {"prompt": ["a"] * 40, "n": 2}, 400, None, "at most 64"),
+        ("/v1/classifications", {"image": png, "labels": [f"l{i}" for i in range(60)]}, 400, "labels", "4000"),
+        ("/v1/classifications", {"image": png, "labels": two, "templates": ["{}"] * 101}, 400, "templates", "100"),
+        ("/v1/embeddings", {"input": "word " * 1000}, 400, "input", "2000"),
+        ("/v1/chat/completions", {"messages": []}, 400, "messages", "empty"),
+        ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages", "role"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            400,
+            "messages",
+            "text parts",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "tools": [{}]},
+            400,
+            "tools",
+            "not supported",
+        ),
     ]
     for path, body, status, param, words in cases:
         r = post(server, path, body)
@@ -388,6 +417,312 @@ def test_bad_request_corpus_gets_json_errors_and_the_server_stays_up(server):
         assert error["param"] == param and words in error["message"], (error, words)
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     assert post(server, "/v1/completions", {"prompt": "ok", "max_tokens": 2}).status_code == 200
+
+
+# -- no request can hurt another -----------------------------------------------------------------------
+def test_bad_requests_beside_live_streams_fail_alone(server, gpt):
+    """The requests that once failed every running stream (echo + logprobs of a one-token prompt, a top_p that
+    is 0 in float32, seeds outside 64 bits) are answered, and the streams beside them finish untouched."""
+    body = {"model": "gpt", "prompt": "live", "max_tokens": 120, "temperature": 0, "stream": True}
+    want = gpt.generate("live", 120, temperature=0).text
+    results: dict[int, list] = {}
+
+    def stream(i: int) -> None:
+        with httpx.stream("POST", server.url + "/v1/completions", json=body, headers=AUTH, timeout=120) as r:
+            results[i] = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+
+    with ThreadPoolExecutor(3) as pool:
+        streams = [pool.submit(stream, i) for i in range(3)]
+        deadline = time.time() + 30
+        while engine_stats(server)["running"] < 3 and time.time() < deadline:
+            time.sleep(0.01)
+        odd = [
+            {"prompt": [65], "max_tokens": 0, "echo": True, "logprobs": 2},
+            {"prompt": [65], "max_tokens": 3, "echo": True, "logprobs": 2},
+            {"prompt": "x", "max_tokens": 8, "top_p": 1e-50},
+            {"prompt": "x", "max_tokens": 6, "seed": 2**64 + 5},
+            {"prompt": "x", "max_tokens": 6, "seed": -(2**63) - 1},
+        ]
+        answers = [post(server, "/v1/completions", b) for b in odd]
+        for s in streams:
+            s.result()
+    assert [r.status_code for r in answers] == [200] * len(odd), [r.text[:200] for r in answers]
+    echo = answers[0].json()["choices"][0]
+    assert echo["text"] == "A" and echo["logprobs"]["token_logprobs"] == [None]
+    seeded = post(server, "/v1/completions", {"prompt": "x", "max_tokens": 6, "seed": 5}).json()
+    assert answers[3].json()["choices"][0]["text"] == seeded["choices"][0]["text"]  # seed mod 2**64
+    for chunks in results.values():
+        assert all("error" not in c for c in chunks)
+        assert "".join(c["choices"][0]["text"] for c in chunks) == want
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")
+
+
+def test_auth_comes_before_routing(server):
+    for method, path in [("GET", "/v1/nonexistent"), ("GET", "/v1/models/"), ("GET", "/v1"), ("POST", "/v1/x/y")]:
+        r = httpx.request(method, server.url + path)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", path
+    assert httpx.get(server.url + "/v1/nonexistent", headers=AUTH).status_code == 404
+    # HTTP Basic: the key as the password, whatever the user name; or as the user with no password
+    assert httpx.get(server.url + "/v1/models", auth=("me", KEY)).status_code == 200
+    assert httpx.get(server.url + "/v1/models", auth=(KEY, "")).status_code == 200
+    assert httpx.get(server.url + "/v1/models", auth=("me", "wrong")).status_code == 401
+    assert httpx.get(server.url + "/health").status_code == 200  # pages and health need no key
+
+
+def test_a_dropped_upload_is_not_a_traceback_in_the_log(server):
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 500000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head.encode() + b'{"prompt": "' + b"a" * 10_000)
+        time.sleep(0.3)
+    time.sleep(1.0)
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    assert "Traceback" not in server.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def open_server(gpt_dir, tmp_path_factory):
+    """No keys (loopback), a 32 MiB body limit, DALL·E and CLIP queues of 2."""
+    root = tmp_path_factory.mktemp("open")
+    srv = Server(["--gpt", str(gpt_dir), "--max-body-mb", "32", "--max-queue", "2"], root / "log").wait()
+    yield srv
+    srv.stop()
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def test_without_keys_only_local_hosts_and_json_bodies(open_server):
+    url, body = open_server.url + "/v1/completions", json.dumps({"prompt": "a", "max_tokens": 2})
+    assert httpx.post(url, content=body, headers=JSON).status_code == 200
+    rebound = httpx.post(url, content=body, headers={**JSON, "Host": "attacker.example:8000"})
+    assert rebound.status_code == 400 and "Host" in rebound.json()["error"]["message"]
+    form = httpx.post(url, content=body, headers={"Content-Type": "text/plain"})  # what a cross-site form sends
+    assert form.status_code == 415 and "application/json" in form.json()["error"]["message"]
+    assert httpx.get(open_server.url + "/health", headers={"Host": "localhost:1"}).status_code == 200
+    assert httpx.get(open_server.url + "/health", headers={"Host": "[::1]:8000"}).status_code == 200
+
+
+def test_oversized_inputs_are_refused_while_health_answers_within_a_second(open_server):
+    png = base64.b64encode(shape_png()).decode()
+    heavy = [
+        ("/v1/embeddings", json.dumps({"input": "word " * 1_600_000}).encode(), "input"),  # 8 MB of CLIP text
+        ("/v1/completions", b'{"prompt": [' + b",".join([b"1"] * 8_000_000) + b"]}", None),  # 16 MB of ids
+        ("/v1/completions", json.dumps({"prompt": "x" * 8_000_000}).encode(), "prompt"),
+        (
+            "/v1/classifications",
+            json.dumps({"image": png, "labels": [f"l{i}" for i in range(1000)]}).encode(),
+            "labels",
+        ),
+    ]
+    worst, stop = [0.0], [False]
+
+    def probe() -> None:
+        while not stop[0]:
+            t = time.perf_counter()
+            assert httpx.get(open_server.url + "/health", timeout=10).status_code == 200
+            worst[0] = max(worst[0], time.perf_counter() - t)
+            time.sleep(0.02)
+
+    with ThreadPoolExecutor(1) as pool:
+        watcher = pool.submit(probe)
+        time.sleep(0.2)
+        for path, body, param in heavy:
+            r = httpx.post(open_server.url + path, content=body, headers=JSON, timeout=60)
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text[:200]
+        stop[0] = True
+        watcher.result()
+    assert worst[0] < 1.0
+
+
+def test_worker_queue_is_bounded_and_forgets_clients_that_left(open_server):
+    """DALL·E's queue holds 2: a third waiting request is a 429; queued requests whose clients left are dropped
+    unrun; and CLIP, on its own worker, answers while DALL·E is busy."""
+    url = open_server.url
+    long = {"prompt": "a red circle in the top left", "n": 1, "candidates": 64, "seed": 1}
+
+    def workers() -> dict:
+        return httpx.get(url + "/health", timeout=5).json()["workers"]
+
+    def impatient() -> str:
+        try:
+            httpx.post(url + "/v1/images/generations", json=long, timeout=0.8)
+            return "answered"
+        except httpx.TimeoutException:
+            return "left"
+
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(httpx.post, url + "/v1/images/generations", json=long, timeout=120)
+        deadline = time.time() + 30
+        while workers()["dalle"]["running"] == 0 and time.time() < deadline:
+            time.sleep(0.01)
+        leaving = [pool.submit(impatient) for _ in range(2)]
+        while workers()["dalle"]["waiting"] < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        busy = httpx.post(url + "/v1/images/generations", json=long, timeout=30)
+        assert busy.status_code == 429 and busy.json()["error"]["type"] == "rate_limit_error"
+        image = "data:image/png;base64," + base64.b64encode(shape_png()).decode()
+        labels = {"image": image, "labels": ["red circle", "blue square"], "templates": ["a {}."]}
+        quick = httpx.post(url + "/v1/classifications", json=labels, timeout=30)
+        assert quick.status_code == 200 and not first.done()  # not behind the images
+        assert [f.result() for f in leaving] == ["left", "left"]
+        assert first.result().status_code == 200
+    deadline = time.time() + 30
+    while workers()["dalle"]["waiting"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert workers()["dalle"]["dropped"] == 2
+
+
+def test_sigterm_ends_running_streams_with_an_error_event(gpt_dir, tmp_path):
+    srv = Server(["--gpt", str(gpt_dir), "--no-packaged"], tmp_path / "log").wait()
+    body = {"prompt": "x", "max_tokens": CONTEXT - 8, "stream": True, "temperature": 1.0}
+    try:
+        with httpx.stream("POST", srv.url + "/v1/completions", json=body, headers=JSON, timeout=30) as r:
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(6)]
+            srv.proc.send_signal(signal.SIGTERM)
+            got += list(lines)
+        events = [line for line in got if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        error = json.loads(events[-2][6:])["error"]
+        assert error["code"] == "server_shutdown" and "shutting down" in error["message"]
+        assert srv.proc.wait(20) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+    finally:
+        srv.stop()
+    assert "Traceback" not in (tmp_path / "log").read_text()
+
+
+def test_clip_tokenizer_memo_stays_bounded():
+    from multimodal.tokenizers import ClipTokenizer
+
+    tok, fresh = ClipTokenizer(), ClipTokenizer()
+    tok.max_cache_words = 100
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = " ".join(letters[i % 26] + letters[(i // 26) % 26] + letters[(i * 7) % 26] + "zq" for i in range(500))
+    assert tok.encode(words) == fresh.encode(words)
+    assert len(tok._tok.cache) <= 100 < len(fresh._tok.cache)
+    assert tok.encode(words) == fresh.encode(words)  # the same ids after the memo starts over
+
+
+# -- chat, metrics, lm-eval ------------------------------------------------------------------------------------
+def test_chat_completions_with_the_openai_client(client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    prompt = "System: Be brief.\nUser: Hi there\nAssistant:"  # the documented default template
+    r = client.chat.completions.create(model="gpt", messages=messages, max_tokens=12, temperature=0)
+    ref = client.completions.create(model="gpt", prompt=prompt, max_tokens=12, temperature=0, stop=["\nUser:"])
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-") and r.model == "gpt"
+    assert r.choices[0].message.role == "assistant" and r.choices[0].message.content == ref.choices[0].text
+    assert r.usage.prompt_tokens == len(prompt.encode()) == ref.usage.prompt_tokens  # the byte tokenizer
+    assert r.choices[0].finish_reason == ref.choices[0].finish_reason
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt",
+            messages=messages,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == r.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == r.choices[0].finish_reason
+    # n choices drawn with seed + j; stop strings; logprobs with top alternatives
+    two = client.chat.completions.create(model="gpt", messages=messages, max_tokens=8, n=2, seed=3, temperature=1.0)
+    alone = client.chat.completions.create(model="gpt", messages=messages, max_tokens=8, seed=4, temperature=1.0)
+    assert two.choices[1].message.content == alone.choices[0].message.content
+    text = r.choices[0].message.content
+    if len(text) > 4:
+        cut = client.chat.completions.create(
+            model="gpt", messages=messages, max_tokens=12, temperature=0, stop=text[3:5]
+        )
+        assert cut.choices[0].message.content == text[: text.index(text[3:5])]
+    lp = client.chat.completions.create(
+        model="gpt", messages=messages, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = lp.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == lp.choices[0].message.content
+    assert all(len(t.top_logprobs) <= 2 and t.logprob <= 0 and t.top_logprobs[0].logprob >= t.logprob for t in content)
+
+
+def test_chat_templates_tokenizer_s_own_then_file_then_default(tmp_path):
+    from multimodal.serve.chat import DEFAULT_STOPS, TemplateError, load_template
+
+    messages = [{"role": "user", "content": "hi"}]
+    assert load_template(None, str(tmp_path)).render(messages) == "User: hi\nAssistant:"
+    assert load_template(None, str(tmp_path)).stops == DEFAULT_STOPS
+    own = "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    config = {"chat_template": own, "bos_token": {"content": "<s>"}, "eos_token": "</s>"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    template = load_template(None, str(tmp_path))
+    assert template.render(messages) == "<s><user>hi<assistant>" and template.stops == []
+    (tmp_path / "mine.jinja").write_text("{% for m in messages %}{{ m['content'] | upper }}{% endfor %} =>")
+    assert load_template(str(tmp_path / "mine.jinja"), str(tmp_path)).render(messages) == "HI =>"
+    (tmp_path / "bad.jinja").write_text("{% for m in messages %}")
+    with pytest.raises(TemplateError, match="bad.jinja"):
+        load_template(str(tmp_path / "bad.jinja"), None)
+    strict = tmp_path / "strict.jinja"
+    strict.write_text("{% if messages[0]['role'] != 'system' %}{{ raise_exception('system first') }}{% endif %}")
+    with pytest.raises(TemplateError, match="system first"):
+        load_template(str(strict), None).render(messages)
+
+
+def test_metrics_in_prometheus_text_format(server, client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client.completions.create(model="gpt", prompt="metrics", max_tokens=3, temperature=0)
+    httpx.get(server.url + "/v1/nowhere")  # a 401 before routing: route "unmatched"
+    r = httpx.get(server.url + "/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = [s for f in text_string_to_metric_families(r.text) for s in f.samples]
+
+    def value(name: str, **labels) -> float:
+        return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+
+    assert value("multimodal:http_requests_total", route="/v1/completions", method="POST", status="200") >= 1
+    assert value("multimodal:http_requests_total", route="unmatched", status="401") >= 1
+    assert value("multimodal:prompt_tokens_total", model="gpt") >= 7
+    assert value("multimodal:generation_tokens_total", model="gpt") >= 3
+    assert value("multimodal:request_success_total", model="gpt", finished_reason="length") >= 1
+    assert value("multimodal:time_to_first_token_seconds_count", model="gpt") >= 1
+    assert value("multimodal:e2e_request_latency_seconds_count", model="gpt", route="/v1/completions") >= 1
+    gauges = {(s.name, s.labels["model"]) for s in samples if s.name.startswith("multimodal:num_requests_")}
+    assert gauges == {
+        (f"multimodal:num_requests_{k}", m) for k in ("running", "waiting") for m in ("gpt", "dalle", "clip")
+    }
+
+
+def test_lm_eval_local_completions_gives_fewshot_loglikelihoods(gpt2_dir, tmp_path, monkeypatch):
+    """lm-evaluation-harness's ``local-completions`` model pointed at the server: its log-likelihoods are
+    ``multimodal.fewshot``'s (both condition on end-of-text, the document start), within 1e-4."""
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from multimodal.gpt.fewshot import _prompt_ids, choice_logprobs
+    from multimodal.gpt.model import load_text_model
+
+    model = load_text_model(str(gpt2_dir))
+    tok = model.tokenizer
+    pairs = [("<|endoftext|>Q: 2+2 =", " 4"), ("<|endoftext|>cheese =>", " fromage"), ("<|endoftext|>the cat", " sat")]
+    srv = Server(["--gpt", str(gpt2_dir), "--no-packaged"], tmp_path / "log").wait()
+    try:
+        lm = LocalCompletionsAPI(
+            base_url=srv.url + "/v1/completions", model="gpt", tokenizer=str(gpt2_dir), tokenizer_backend="huggingface"
+        )
+        requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+        theirs = lm.loglikelihood(requests, disable_tqdm=True)
+    finally:
+        srv.stop()
+    choices = [tok.encode(c) for _, c in pairs]
+    prompts = [_prompt_ids(tok, ctx.removeprefix("<|endoftext|>"), 64)[0] for ctx, _ in pairs]
+    ours = choice_logprobs(model, prompts, choices)
+    for (ll, _greedy), lp in zip(theirs, ours):
+        assert abs(ll - float(lp.sum())) < 1e-4
 
 
 # -- the playground page in a real browser ---------------------------------------------------------------

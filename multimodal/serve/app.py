@@ -165,8 +165,10 @@ class Guard:
             else:
                 await answer(error, send_counted)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
+            # the matched route's template (FastAPI gives it without the router's /v1 prefix), never the raw path:
+            # unknown paths must not grow the metric's label set
+            template = getattr(scope.get("route"), "path", None)
+            path = "unmatched" if template is None else ("/v1" if scope["path"].startswith("/v1/") else "") + template
             metrics = self.service.metrics
             metrics.http.labels(path, scope["method"], str(status[0])).inc()
             model = scope.get("state", {}).get("model")

@@ -137,14 +137,14 @@ class Generation:
         done, polls = 0, 0
         metrics, model = self.service.metrics, self.entry.name
         while done < len(self.choices):
+            if self.service.closing:
+                self.cancel()
+                yield -1, Event("", [], "error", error=SHUTDOWN)
+                return
             try:
                 index, event = await asyncio.wait_for(self.queue.get(), timeout=0.25)
             except asyncio.TimeoutError:
                 polls += 1
-                if self.service.closing:
-                    self.cancel()
-                    yield -1, Event("", [], "error", error=SHUTDOWN)
-                    return
                 if request is not None and polls % 4 == 0 and await request.is_disconnected():
                     self.cancel()
                     raise APIError(499, "client closed the request") from None

@@ -61,11 +61,12 @@ class Worker:
         self.name = name
         self.jobs: queue.Queue = queue.Queue(maxsize=max_queue)
         self.busy = False
+        self.dropped = 0  # jobs whose client left before they started
         self._thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
         self._thread.start()
 
     def stats(self) -> dict:
-        return {"running": int(self.busy), "waiting": self.jobs.qsize()}
+        return {"running": int(self.busy), "waiting": self.jobs.qsize(), "dropped": self.dropped}
 
     async def run(self, fn: Callable[[Callable[[], bool]], Any], request: Request) -> Any:
         """``fn(cancelled)`` on the worker thread; a 499 if the client leaves: a job still queued is dropped, and
@@ -91,6 +92,7 @@ class Worker:
     def _loop(self) -> None:
         while (job := self.jobs.get()) is not None:
             if job["cancelled"]:
+                self.dropped += 1
                 continue
             self.busy = True
             try:
