@@ -733,6 +733,10 @@ def test_playground_page_in_chromium(server, tmp_path):
     png.write_bytes(shape_png())
     labels = ["red circle", "blue square", "green star"]
     greedy = post(server, "/v1/completions", {"prompt": "The cat", "max_tokens": 24, "temperature": 0})
+    nucleus = {"prompt": "The cat", "max_tokens": 24, "temperature": 0.9, "top_p": 0.8, "top_k": 5, "seed": 11}
+    sampled = post(server, "/v1/completions", nucleus).json()["choices"][0]["text"]
+    messages = [{"role": "user", "content": "hello"}]
+    chat = post(server, "/v1/chat/completions", {"messages": messages, "max_tokens": 10, "temperature": 0})
     image = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
     best = post(server, "/v1/classifications", {"image": image, "labels": labels}).json()["data"][0]["label"]
     args = [
@@ -750,6 +754,8 @@ def test_playground_page_in_chromium(server, tmp_path):
             page = browser.new_page()
             requested: list[str] = []
             page.on("request", lambda req: requested.append(req.url))
+            missing: list[str] = []
+            page.on("response", lambda r: r.status == 404 and missing.append(r.url))
             page.goto(server.url + "/")
             page.fill("#key", KEY)
             page.dispatch_event("#key", "change")
@@ -765,14 +771,41 @@ def test_playground_page_in_chromium(server, tmp_path):
             assert page.locator("#completion .token").count() > 3
             title = page.get_attribute("#completion .token >> nth=0", "title")
             assert "p=" in title and "%" in title
+            # examples suited to the model, top-p / top-k / seed, and the request as curl and Python
+            assert page.locator("#examples option").count() == 4  # "(choose one)" + the card's 3
+            page.select_option("#examples", index=3)
+            assert page.input_value("#prompt") == "Q: What is 2 + 2?\nA:"
+            page.fill("#prompt", "The cat")
+            page.fill("#temperature", "0.9")
+            page.fill("#top-p", "0.8")
+            page.fill("#top-k", "5")
+            page.fill("#gpt-seed", "11")
+            page.click("#complete")
+            page.wait_for_function("document.getElementById('completion-status').textContent.startsWith('done')")
+            assert page.eval_on_selector("#completion", "e => e.textContent") == sampled
+            curl = page.eval_on_selector("#completion-curl", "e => e.textContent")
+            assert curl.startswith("curl -s -u :$API_KEY") and '"top_k":5' in curl and '"seed":11' in curl
+            python = page.eval_on_selector("#completion-python", "e => e.textContent")
+            assert "client.completions.create(" in python and "top_p=0.8" in python and "extra_body={" in python
+            # chat: the answer streamed into the conversation
+            page.fill("#chat-temperature", "0")
+            page.fill("#chat-max-tokens", "10")
+            page.fill("#chat-input", "hello")
+            page.click("#chat-send")
+            page.wait_for_function("document.getElementById('chat-status').textContent.startsWith('done')")
+            said = page.eval_on_selector("#chat-log .assistant .content", "e => e.textContent")
+            assert said == chat.json()["choices"][0]["message"]["content"]
             # an image grid with CLIP's pick framed
             page.fill("#caption", "a blue square in the center")
             page.fill("#image-n", "3")
             page.fill("#candidates", "4")
             page.fill("#seed", "1")
+            page.fill("#guidance", "2")
             page.click("#generate")
             page.wait_for_selector("#images .cell >> nth=2")
             assert page.locator("#images .cell").count() == 3
+            assert page.get_attribute("#images .cell a >> nth=0", "download") == "image-1.png"
+            assert '"guidance":2' in page.eval_on_selector("#image-curl", "e => e.textContent")
             assert page.locator("#images .cell.pick").count() == 1
             assert page.eval_on_selector("#images img", "e => e.naturalWidth") == 64
             # zero-shot: upload, labels, bar chart
@@ -785,6 +818,7 @@ def test_playground_page_in_chromium(server, tmp_path):
         finally:
             browser.close()
     assert requested and all(u.startswith(server.url) or u.startswith("data:") for u in requested)  # offline
+    assert not missing, missing  # the favicon included
 
 
 # -- start-up -------------------------------------------------------------------------------------------

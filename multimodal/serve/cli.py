@@ -99,6 +99,7 @@ def load_models(args: argparse.Namespace, device: torch.device) -> list:
     from multimodal.gpt.model import load_text_model
     from multimodal.serve.app import Served
     from multimodal.serve.engine import Engine
+    from multimodal.serve.service import PACKAGED_GPT_EXAMPLES
 
     def source(flag: str | None, name: str) -> str | None:
         if flag is not None:
@@ -119,7 +120,9 @@ def load_models(args: argparse.Namespace, device: torch.device) -> list:
         except CheckpointError as e:
             raise CheckpointError(f"--gpt: {e}") from None
         engine = Engine(gpt, max_batch=args.max_batch)
-        served.append(Served(args.gpt_name, "gpt", gpt, gpt_src, engine))
+        packaged = args.gpt is None  # the packaged GPT was trained on data.tasks: offer its formats
+        examples = PACKAGED_GPT_EXAMPLES if packaged else None
+        served.append(Served(args.gpt_name, "gpt", gpt, gpt_src, engine, examples=examples))
     dalle_src = source(args.dalle, "dalle")
     if dalle_src is not None:
         try:

@@ -117,6 +117,17 @@ def _settle(future: asyncio.Future, result: Any, error: Exception | None) -> Non
         future.set_result(result)
 
 
+# prompts the playground offers for a GPT: the packaged one knows data.tasks' formats ("input => output")
+GPT_EXAMPLES = ["Once upon a time", "The capital of France is", "Q: What is 2 + 2?\nA:"]
+PACKAGED_GPT_EXAMPLES = [
+    "48 + 76 =>",
+    "12 - 30 =>",
+    "pleap =>",
+    "dog => dogzu\ncat => catzu\ntree =>",
+    "37 vs 52 =>",
+]
+
+
 @dataclass
 class Served:
     """One model the service answers for, under ``name``."""
@@ -128,11 +139,13 @@ class Served:
     engine: Engine | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     worker: Worker | None = None  # DALL·E and CLIP: set by the Service
+    examples: list[str] | None = None  # GPT prompts the playground offers (None: GPT_EXAMPLES)
 
     def card(self) -> dict:
         extra: dict[str, Any] = {}
         if self.kind == "gpt":
             extra["context_length"] = self.model.config.context_length
+            extra["examples"] = self.examples if self.examples is not None else GPT_EXAMPLES
         elif self.kind == "dalle" and self.model.vae is not None:
             size = self.model.vae.config.image_size
             extra["size"] = f"{size}x{size}"
