@@ -982,6 +982,25 @@ def test_engine_one_token_echo_and_a_vanishing_top_p_beside_others(gpt):
         engine.close()
 
 
+def test_int8_engine_decodes_like_the_int8_model(gpt):
+    """``--int8``: torch.ao's dynamic int8 Linear layers. Activations are quantised per call, so a row's numbers
+    depend on its batch; alone, the engine gives the quantised model's own greedy text."""
+    import copy
+
+    from multimodal.sampling import SamplingSettings
+    from multimodal.serve.cli import int8_linears
+    from multimodal.serve.engine import Choice, Engine
+
+    q = int8_linears(copy.deepcopy(gpt))
+    assert type(q.lm_head).__module__.startswith("torch.ao.nn.quantized")
+    engine = Engine(q, max_batch=2)
+    try:
+        [(text, last)] = _run_choices(engine, [Choice(gpt.tokenizer.encode("int8"), 12, SamplingSettings(0), None)])
+        assert last.error is None and text == q.generate("int8", 12, temperature=0).text
+    finally:
+        engine.close()
+
+
 def test_without_keys_no_key_is_asked(gpt):
     from fastapi.testclient import TestClient
 

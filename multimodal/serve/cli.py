@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_flag(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the models (default: torch's)")
     p.add_argument("--max-batch", type=int, default=16, help="completions decoded together (KV cache rows; 16)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="decode with dynamic int8 Linear layers (torch.ao): a quarter of the weight bytes per step on a CPU; "
+        "log-probs move by about 1e-2 and greedy text may differ from fp32",
+    )
     p.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask (4096)")
     p.add_argument("--max-n", type=int, default=16, help="largest n per request (16)")
     p.add_argument("--max-body-mb", type=float, default=16, help="largest request body in MiB (16)")
@@ -119,6 +125,8 @@ def load_models(args: argparse.Namespace, device: torch.device) -> list:
             gpt = load_text_model(gpt_src, str(device)).eval()
         except CheckpointError as e:
             raise CheckpointError(f"--gpt: {e}") from None
+        if args.int8:
+            gpt = int8_linears(gpt)
         engine = Engine(gpt, max_batch=args.max_batch)
         packaged = args.gpt is None  # the packaged GPT was trained on data.tasks: offer its formats
         examples = PACKAGED_GPT_EXAMPLES if packaged else None
@@ -140,6 +148,17 @@ def load_models(args: argparse.Namespace, device: torch.device) -> list:
     elif args.clip_model:
         raise UsageError("--clip-model names the architecture of --clip's weights; give --clip FILE too")
     return served
+
+
+def int8_linears(gpt):
+    """The GPT with every ``nn.Linear`` (the tied output layer included, as its own int8 copy) swapped for
+    torch.ao's dynamically quantised one: weights in int8, activations quantised per call."""
+    from torch import nn
+    from torch.ao.quantization import quantize_dynamic
+
+    if gpt.token_embedding.weight.device.type != "cpu":
+        raise UsageError("--int8 is for CPU decoding (torch.ao's dynamic int8 kernels)")
+    return quantize_dynamic(gpt, {nn.Linear}, dtype=torch.qint8)
 
 
 def access_note(keys: set[str], host_flag: str | None, host: str) -> str:
