@@ -192,7 +192,7 @@ class Engine:
 
     def _fail(self, seq: Choice, e: Exception) -> None:
         """End ``seq`` with an error event (its traceback to the server's log); the others go on."""
-        traceback.print_exc(file=sys.stderr)
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
         self.failed += 1
         seq.cancelled = True
         message = f"generation failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
