@@ -1,9 +1,10 @@
 """What every route shares: the served models, the limits on what a request may cost, the bounded worker that
 runs DALL·E and CLIP, and the flag that says the server is shutting down.
 
-Routes reach the ``Service`` as ``request.app.state.service``. Cheap work that would still stall the event loop
-(parsing a large JSON body, tokenising, base64) goes through ``Service.offload`` (a small thread pool); model work
-goes to the GPT engine (completions, chat) or to the model's ``Worker`` (images, embeddings, classification).
+Routes reach the ``Service`` as ``request.app.state.service``. Work that grows with the request's body (parsing
+JSON, tokenising, base64) goes through ``Service.offload``: on a small thread pool for a body over 32 KiB, so a
+large one never stalls the event loop, inline below that; model work goes to the GPT engine (completions, chat)
+or to the model's ``Worker`` (images, embeddings, classification).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from torch import nn
 
 from multimodal.serve.engine import Engine
 from multimodal.serve.protocol import APIError, Strict, parse_body
+
+INLINE_BYTES = 32 * 2**10  # request bodies up to this size are parsed and tokenised on the event loop
 
 
 @dataclass
@@ -198,8 +201,12 @@ class Service:
             raise APIError(400, f"'{name}' is a {entry.kind} model; {route} needs a {kind} model", "model")
         return entry
 
-    async def offload(self, fn: Callable, *args) -> Any:
-        """``fn(*args)`` on the parse pool: CPU work that must not hold the event loop (``/health`` answers)."""
+    async def offload(self, request: Request, fn: Callable, *args) -> Any:
+        """``fn(*args)`` on the parse pool: CPU work that must not hold the event loop (``/health`` answers).
+        The work is bounded by the request's body; for a small body it runs here, where a round trip through
+        the pool (and the GIL) would cost more than the work."""
+        if getattr(request.state, "body_bytes", INLINE_BYTES + 1) <= INLINE_BYTES:
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def body(self, request: Request) -> bytes:
@@ -223,7 +230,8 @@ class Service:
         if self.closing:
             raise APIError(503, "the server is shutting down", code="server_shutdown")
         raw = await self.body(request)
-        return await self.offload(parse_body, raw, model, self.limits.max_json_values)
+        request.state.body_bytes = len(raw)
+        return await self.offload(request, parse_body, raw, model, self.limits.max_json_values)
 
     def close(self) -> None:
         for s in self.served:

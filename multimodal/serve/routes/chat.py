@@ -55,7 +55,7 @@ async def chat_completions(request: Request):
     max_chars = limits.prompt_chars(engine.context_length)
     if len(req.messages) > 1000:
         raise APIError(400, f"{len(req.messages)} messages; at most 1000", "messages")
-    ids = await service.offload(render_prompt, template, req.messages, engine.tokenizer, max_chars)
+    ids = await service.offload(request, render_prompt, template, req.messages, engine.tokenizer, max_chars)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if max_tokens is None:  # OpenAI's default: as much as fits
         max_tokens = max(1, min(limits.max_tokens, engine.context_length - len(ids)))

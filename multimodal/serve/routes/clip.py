@@ -80,7 +80,7 @@ async def embeddings(request: Request):
         raise APIError(400, f"encoding_format must be 'float' or 'base64', got '{fmt}'", "encoding_format")
     if req.dimensions not in (None, clip.config.embed_dim):
         raise APIError(400, f"'{entry.name}' gives {clip.config.embed_dim} dimensions", "dimensions")
-    texts, images, tokens = await service.offload(read_inputs, clip, entry.name, inputs, service.limits)
+    texts, images, tokens = await service.offload(request, read_inputs, clip, entry.name, inputs, service.limits)
 
     def run(cancelled) -> torch.Tensor:
         out = torch.empty(len(inputs), clip.config.embed_dim)
@@ -147,7 +147,9 @@ async def classifications(request: Request):
     sources = bounded_list(req.image, "image", "images", service.limits)
     labels, templates = check_labels_and_templates(req, service.limits)
     limit = service.limits.max_image_bytes
-    blobs = await service.offload(lambda: [(i, decode_image(s, limit, f"image[{i}]")) for i, s in enumerate(sources)])
+    blobs = await service.offload(
+        request, lambda: [(i, decode_image(s, limit, f"image[{i}]")) for i, s in enumerate(sources)]
+    )
 
     def run(cancelled) -> torch.Tensor:
         with torch.inference_mode():

@@ -90,7 +90,7 @@ async def completions(request: Request):
     engine = entry.engine
     max_chars = service.limits.prompt_chars(engine.context_length)
     tok, vocab = engine.tokenizer, entry.model.config.vocab_size
-    prompts = await service.offload(tokenize_prompts, req.prompt, tok, vocab, max_chars)
+    prompts = await service.offload(request, tokenize_prompts, req.prompt, tok, vocab, max_chars)
     check_fits(prompts, max_tokens, engine.context_length)
     run = Generation(service, entry, prompts, params, "/v1/completions")
     meta = {"id": f"cmpl-{run.id}", "object": "text_completion", "created": run.created, "model": entry.name}

@@ -74,7 +74,7 @@ async def images(request: Request):
     if req.size not in (None, f"{side}x{side}"):
         raise APIError(400, f"size '{req.size}' is not available: '{entry.name}' draws {side}x{side} images", "size")
     opts = check_request(service, req)
-    length = await service.offload(prompt_length, dalle, req.prompt)
+    length = await service.offload(request, prompt_length, dalle, req.prompt)
     if length > dalle.config.text_length:
         raise APIError(
             400,
