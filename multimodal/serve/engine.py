@@ -279,7 +279,7 @@ class Engine:
             seq.pending = logits[-1]
             tokens = self._prompt_tokens(seq, logits[:-1].float().log_softmax(-1))
         else:
-            seq.pending = self.model.lm_head(hidden[-1])
+            seq.pending = self.model.lm_head(hidden[-1:])[0]  # 2-D: int8 Linear layers take no 1-D input
         if seq.echo:
             seq.emit(Event(seq.prompt_text, tokens))
         if seq.max_tokens == 0:
