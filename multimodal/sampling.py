@@ -61,8 +61,10 @@ def filter_logits(
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
-        # drop a token when the tokens before it already cover top_p; the first always stays
+        # drop a token when the tokens before it already cover top_p; the first always stays (also when top_p
+        # rounds to 0 in float32: a filter never leaves a row with no token to draw)
         drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted[..., 0] = False
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

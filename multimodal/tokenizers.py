@@ -82,15 +82,22 @@ class ClipTokenizer:
     """open_clip's BPE: ``<start_of_text> tokens <end_of_text>``, lower-cased and cleaned like CLIP."""
 
     name = "clip"
+    max_cache_words = 50_000  # open_clip's BPE memo, cleared past this many words (a few MB)
 
     def __init__(self) -> None:
         self._tok = openclip_file_module("tokenizer").SimpleTokenizer()
+        self._specials = [t for t, v in self._tok.cache.items() if t == v]
         self.vocab_size = len(self._tok.encoder)
         self.sot_id = self._tok.all_special_ids[0]
         self.eot_id = self._tok.all_special_ids[1]
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text)
+        ids = self._tok.encode(text)
+        # open_clip memoises the BPE of every word it has seen, forever: a long-running service fed new words
+        # would grow without bound, so the memo starts over past a fixed size (its special tokens kept)
+        if len(self._tok.cache) > self.max_cache_words:
+            self._tok.cache = {t: t for t in self._specials}
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids if int(i) not in (self.sot_id, self.eot_id, 0)]

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+
+from multimodal.serve.engine import Event
 
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
@@ -377,6 +380,34 @@ def test_bad_request_corpus_gets_json_errors_and_the_server_stays_up(server):
         ("/v1/classifications", {"image": "aGVsbG8=", "labels": two}, 400, "image", "not a readable image"),
         ("/v1/classifications", {"image": _bomb(), "labels": two}, 400, "image", "too large"),
         ("/v1/nothing", {}, 404, None, "no route"),
+        # once 500s: lone surrogates, deep nesting, a negative image top_k; and a body of too many values
+        ("/v1/completions", {"prompt": "a\ud800b"}, 400, "prompt", "surrogate"),
+        ("/v1/completions", {"model": "\udfff", "prompt": "a"}, 400, "model", "surrogate"),
+        ("/v1/classifications", {"image": png, "labels": ["a\ud800", "b"]}, 400, "labels", "surrogate"),
+        ("/v1/images/generations", {"prompt": "a red \ud800 circle"}, 400, "prompt", "surrogate"),
+        ("/v1/completions", b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, None, "nested"),
+        ("/v1/images/generations", {"prompt": "a red circle", "top_k": -1}, 400, "top_k", ">= 0"),
+        ("/v1/completions", b'{"prompt": [' + b",".join([b"1"] * 300_000) + b"]}", 400, None, "JSON values"),
+        ("/v1/completions", {"prompt": ["a"] * 40, "n": 2}, 400, None, "at most 64"),
+        ("/v1/classifications", {"image": png, "labels": [f"l{i}" for i in range(60)]}, 400, "labels", "4000"),
+        ("/v1/classifications", {"image": png, "labels": two, "templates": ["{}"] * 101}, 400, "templates", "100"),
+        ("/v1/embeddings", {"input": "word " * 1000}, 400, "input", "2000"),
+        ("/v1/chat/completions", {"messages": []}, 400, "messages", "empty"),
+        ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages", "role"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            400,
+            "messages",
+            "text parts",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "tools": [{}]},
+            400,
+            "tools",
+            "not supported",
+        ),
     ]
     for path, body, status, param, words in cases:
         r = post(server, path, body)
@@ -388,6 +419,331 @@ def test_bad_request_corpus_gets_json_errors_and_the_server_stays_up(server):
     assert post(server, "/v1/completions", {"prompt": "ok", "max_tokens": 2}).status_code == 200
 
 
+# -- no request can hurt another -----------------------------------------------------------------------
+def test_bad_requests_beside_live_streams_fail_alone(server, gpt):
+    """The requests that once failed every running stream (echo + logprobs of a one-token prompt, a top_p that
+    is 0 in float32, seeds outside 64 bits) are answered, and the streams beside them finish untouched."""
+    body = {"model": "gpt", "prompt": "live", "max_tokens": 120, "temperature": 0, "stream": True}
+    want = gpt.generate("live", 120, temperature=0).text
+    results: dict[int, list] = {}
+
+    def stream(i: int) -> None:
+        with httpx.stream("POST", server.url + "/v1/completions", json=body, headers=AUTH, timeout=120) as r:
+            results[i] = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+
+    with ThreadPoolExecutor(3) as pool:
+        streams = [pool.submit(stream, i) for i in range(3)]
+        deadline = time.time() + 30
+        while engine_stats(server)["running"] < 3 and time.time() < deadline:
+            time.sleep(0.01)
+        odd = [
+            {"prompt": [65], "max_tokens": 0, "echo": True, "logprobs": 2},
+            {"prompt": [65], "max_tokens": 3, "echo": True, "logprobs": 2},
+            {"prompt": "x", "max_tokens": 8, "top_p": 1e-50},
+            {"prompt": "x", "max_tokens": 6, "seed": 2**64 + 5},
+            {"prompt": "x", "max_tokens": 6, "seed": -(2**63) - 1},
+        ]
+        answers = [post(server, "/v1/completions", b) for b in odd]
+        for s in streams:
+            s.result()
+    assert [r.status_code for r in answers] == [200] * len(odd), [r.text[:200] for r in answers]
+    echo = answers[0].json()["choices"][0]
+    assert echo["text"] == "A" and echo["logprobs"]["token_logprobs"] == [None]
+    seeded = post(server, "/v1/completions", {"prompt": "x", "max_tokens": 6, "seed": 5}).json()
+    assert answers[3].json()["choices"][0]["text"] == seeded["choices"][0]["text"]  # seed mod 2**64
+    for chunks in results.values():
+        assert all("error" not in c for c in chunks)
+        assert "".join(c["choices"][0]["text"] for c in chunks) == want
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")
+
+
+def test_auth_comes_before_routing(server):
+    for method, path in [("GET", "/v1/nonexistent"), ("GET", "/v1/models/"), ("GET", "/v1"), ("POST", "/v1/x/y")]:
+        r = httpx.request(method, server.url + path)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", path
+    assert httpx.get(server.url + "/v1/nonexistent", headers=AUTH).status_code == 404
+    # HTTP Basic: the key as the password, whatever the user name; or as the user with no password
+    assert httpx.get(server.url + "/v1/models", auth=("me", KEY)).status_code == 200
+    assert httpx.get(server.url + "/v1/models", auth=(KEY, "")).status_code == 200
+    assert httpx.get(server.url + "/v1/models", auth=("me", "wrong")).status_code == 401
+    assert httpx.get(server.url + "/health").status_code == 200  # pages and health need no key
+
+
+def test_a_dropped_upload_is_not_a_traceback_in_the_log(server):
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 500000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head.encode() + b'{"prompt": "' + b"a" * 10_000)
+        time.sleep(0.3)
+    time.sleep(1.0)
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    assert "Traceback" not in server.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def open_server(gpt_dir, tmp_path_factory):
+    """No keys (loopback), a 32 MiB body limit, DALL·E and CLIP queues of 2."""
+    root = tmp_path_factory.mktemp("open")
+    srv = Server(["--gpt", str(gpt_dir), "--max-body-mb", "32", "--max-queue", "2"], root / "log").wait()
+    yield srv
+    srv.stop()
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def test_without_keys_only_local_hosts_and_json_bodies(open_server):
+    url, body = open_server.url + "/v1/completions", json.dumps({"prompt": "a", "max_tokens": 2})
+    assert httpx.post(url, content=body, headers=JSON).status_code == 200
+    rebound = httpx.post(url, content=body, headers={**JSON, "Host": "attacker.example:8000"})
+    assert rebound.status_code == 400 and "Host" in rebound.json()["error"]["message"]
+    form = httpx.post(url, content=body, headers={"Content-Type": "text/plain"})  # what a cross-site form sends
+    assert form.status_code == 415 and "application/json" in form.json()["error"]["message"]
+    assert httpx.get(open_server.url + "/health", headers={"Host": "localhost:1"}).status_code == 200
+    assert httpx.get(open_server.url + "/health", headers={"Host": "[::1]:8000"}).status_code == 200
+
+
+def test_oversized_inputs_are_refused_while_health_answers_within_a_second(open_server):
+    png = base64.b64encode(shape_png()).decode()
+    heavy = [
+        ("/v1/embeddings", json.dumps({"input": "word " * 1_600_000}).encode(), "input"),  # 8 MB of CLIP text
+        ("/v1/completions", b'{"prompt": [' + b",".join([b"1"] * 8_000_000) + b"]}", None),  # 16 MB of ids
+        ("/v1/completions", json.dumps({"prompt": "x" * 8_000_000}).encode(), "prompt"),
+        (
+            "/v1/classifications",
+            json.dumps({"image": png, "labels": [f"l{i}" for i in range(1000)]}).encode(),
+            "labels",
+        ),
+    ]
+    worst, stop = [0.0], [False]
+
+    def probe() -> None:
+        while not stop[0]:
+            t = time.perf_counter()
+            assert httpx.get(open_server.url + "/health", timeout=10).status_code == 200
+            worst[0] = max(worst[0], time.perf_counter() - t)
+            time.sleep(0.02)
+
+    with ThreadPoolExecutor(1) as pool:
+        watcher = pool.submit(probe)
+        time.sleep(0.2)
+        for path, body, param in heavy:
+            r = httpx.post(open_server.url + path, content=body, headers=JSON, timeout=60)
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text[:200]
+        stop[0] = True
+        watcher.result()
+    assert worst[0] < 1.0
+
+
+def test_worker_queue_is_bounded_and_forgets_clients_that_left(open_server):
+    """DALL·E's queue holds 2: a third waiting request is a 429; queued requests whose clients left are dropped
+    unrun; and CLIP, on its own worker, answers while DALL·E is busy."""
+    url = open_server.url
+    long = {"prompt": "a red circle in the top left", "n": 1, "candidates": 64, "seed": 1}
+
+    def workers() -> dict:
+        return httpx.get(url + "/health", timeout=5).json()["workers"]
+
+    def impatient() -> str:
+        try:
+            httpx.post(url + "/v1/images/generations", json=long, timeout=0.8)
+            return "answered"
+        except httpx.TimeoutException:
+            return "left"
+
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(httpx.post, url + "/v1/images/generations", json=long, timeout=120)
+        deadline = time.time() + 30
+        while workers()["dalle"]["running"] == 0 and time.time() < deadline:
+            time.sleep(0.01)
+        leaving = [pool.submit(impatient) for _ in range(2)]
+        while workers()["dalle"]["waiting"] < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        busy = httpx.post(url + "/v1/images/generations", json=long, timeout=30)
+        assert busy.status_code == 429 and busy.json()["error"]["type"] == "rate_limit_error"
+        image = "data:image/png;base64," + base64.b64encode(shape_png()).decode()
+        labels = {"image": image, "labels": ["red circle", "blue square"], "templates": ["a {}."]}
+        quick = httpx.post(url + "/v1/classifications", json=labels, timeout=30)
+        assert quick.status_code == 200 and not first.done()  # not behind the images
+        assert [f.result() for f in leaving] == ["left", "left"]
+        assert first.result().status_code == 200
+    deadline = time.time() + 30
+    while workers()["dalle"]["waiting"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert workers()["dalle"]["dropped"] == 2
+
+
+def test_sigterm_ends_running_streams_with_an_error_event(gpt_dir, tmp_path):
+    srv = Server(["--gpt", str(gpt_dir), "--no-packaged"], tmp_path / "log").wait()
+    body = {"prompt": "x", "max_tokens": CONTEXT - 8, "stream": True, "temperature": 1.0}
+    try:
+        with httpx.stream("POST", srv.url + "/v1/completions", json=body, headers=JSON, timeout=30) as r:
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(6)]
+            srv.proc.send_signal(signal.SIGTERM)
+            got += list(lines)
+        events = [line for line in got if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        error = json.loads(events[-2][6:])["error"]
+        assert error["code"] == "server_shutdown" and "shutting down" in error["message"]
+        assert srv.proc.wait(20) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+    finally:
+        srv.stop()
+    assert "Traceback" not in (tmp_path / "log").read_text()
+
+
+def test_keep_alive_answers_are_not_held_back_by_nagle(server):
+    """The listening socket says TCP, so asyncio turns Nagle off on each connection: a keep-alive answer's body
+    no longer waits for the client's delayed ACK (a fixed +40 ms a request before)."""
+    from multimodal.serve.cli import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        sock.close()
+    times = []
+    with httpx.Client(headers=AUTH, timeout=30) as http:  # one connection, kept alive
+        for _ in range(7):
+            t = time.perf_counter()
+            assert http.post(server.url + "/v1/completions", json={"prompt": "a", "max_tokens": 1}).status_code == 200
+            times.append(time.perf_counter() - t)
+    assert sorted(times)[3] < 0.035, times
+
+
+def test_clip_tokenizer_memo_stays_bounded():
+    from multimodal.tokenizers import ClipTokenizer
+
+    tok, fresh = ClipTokenizer(), ClipTokenizer()
+    tok.max_cache_words = 100
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = " ".join(letters[i % 26] + letters[(i // 26) % 26] + letters[(i * 7) % 26] + "zq" for i in range(500))
+    assert tok.encode(words) == fresh.encode(words)
+    assert len(tok._tok.cache) <= 100 < len(fresh._tok.cache)
+    assert tok.encode(words) == fresh.encode(words)  # the same ids after the memo starts over
+
+
+# -- chat, metrics, lm-eval ------------------------------------------------------------------------------------
+def test_chat_completions_with_the_openai_client(client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    prompt = "System: Be brief.\nUser: Hi there\nAssistant:"  # the documented default template
+    r = client.chat.completions.create(model="gpt", messages=messages, max_tokens=12, temperature=0)
+    ref = client.completions.create(model="gpt", prompt=prompt, max_tokens=12, temperature=0, stop=["\nUser:"])
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-") and r.model == "gpt"
+    assert r.choices[0].message.role == "assistant" and r.choices[0].message.content == ref.choices[0].text
+    assert r.usage.prompt_tokens == len(prompt.encode()) == ref.usage.prompt_tokens  # the byte tokenizer
+    assert r.choices[0].finish_reason == ref.choices[0].finish_reason
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt",
+            messages=messages,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == r.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == r.choices[0].finish_reason
+    # n choices drawn with seed + j; stop strings; logprobs with top alternatives
+    two = client.chat.completions.create(model="gpt", messages=messages, max_tokens=8, n=2, seed=3, temperature=1.0)
+    alone = client.chat.completions.create(model="gpt", messages=messages, max_tokens=8, seed=4, temperature=1.0)
+    assert two.choices[1].message.content == alone.choices[0].message.content
+    text = r.choices[0].message.content
+    if len(text) > 4:
+        cut = client.chat.completions.create(
+            model="gpt", messages=messages, max_tokens=12, temperature=0, stop=text[3:5]
+        )
+        assert cut.choices[0].message.content == text[: text.index(text[3:5])]
+    lp = client.chat.completions.create(
+        model="gpt", messages=messages, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = lp.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == lp.choices[0].message.content
+    assert all(len(t.top_logprobs) <= 2 and t.logprob <= 0 and t.top_logprobs[0].logprob >= t.logprob for t in content)
+
+
+def test_chat_templates_tokenizer_s_own_then_file_then_default(tmp_path):
+    from multimodal.serve.chat import DEFAULT_STOPS, TemplateError, load_template
+
+    messages = [{"role": "user", "content": "hi"}]
+    assert load_template(None, str(tmp_path)).render(messages) == "User: hi\nAssistant:"
+    assert load_template(None, str(tmp_path)).stops == DEFAULT_STOPS
+    own = "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    config = {"chat_template": own, "bos_token": {"content": "<s>"}, "eos_token": "</s>"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    template = load_template(None, str(tmp_path))
+    assert template.render(messages) == "<s><user>hi<assistant>" and template.stops == []
+    (tmp_path / "mine.jinja").write_text("{% for m in messages %}{{ m['content'] | upper }}{% endfor %} =>")
+    assert load_template(str(tmp_path / "mine.jinja"), str(tmp_path)).render(messages) == "HI =>"
+    (tmp_path / "bad.jinja").write_text("{% for m in messages %}")
+    with pytest.raises(TemplateError, match="bad.jinja"):
+        load_template(str(tmp_path / "bad.jinja"), None)
+    strict = tmp_path / "strict.jinja"
+    strict.write_text("{% if messages[0]['role'] != 'system' %}{{ raise_exception('system first') }}{% endif %}")
+    with pytest.raises(TemplateError, match="system first"):
+        load_template(str(strict), None).render(messages)
+
+
+def test_metrics_in_prometheus_text_format(server, client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client.completions.create(model="gpt", prompt="metrics", max_tokens=3, temperature=0)
+    httpx.get(server.url + "/v1/nowhere")  # a 401 before routing: route "unmatched"
+    r = httpx.get(server.url + "/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = [s for f in text_string_to_metric_families(r.text) for s in f.samples]
+
+    def value(name: str, **labels) -> float:
+        return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+
+    assert value("multimodal:http_requests_total", route="/v1/completions", method="POST", status="200") >= 1
+    assert value("multimodal:http_requests_total", route="unmatched", status="401") >= 1
+    assert value("multimodal:prompt_tokens_total", model="gpt") >= 7
+    assert value("multimodal:generation_tokens_total", model="gpt") >= 3
+    assert value("multimodal:request_success_total", model="gpt", finished_reason="length") >= 1
+    assert value("multimodal:time_to_first_token_seconds_count", model="gpt") >= 1
+    assert value("multimodal:e2e_request_latency_seconds_count", model="gpt", route="/v1/completions") >= 1
+    gauges = {(s.name, s.labels["model"]) for s in samples if s.name.startswith("multimodal:num_requests_")}
+    assert gauges == {
+        (f"multimodal:num_requests_{k}", m) for k in ("running", "waiting") for m in ("gpt", "dalle", "clip")
+    }
+
+
+def test_lm_eval_local_completions_gives_fewshot_loglikelihoods(gpt2_dir, tmp_path, monkeypatch):
+    """lm-evaluation-harness's ``local-completions`` model pointed at the server: its log-likelihoods are
+    ``multimodal.fewshot``'s (both condition on end-of-text, the document start), within 1e-4."""
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from multimodal.gpt.fewshot import _prompt_ids, choice_logprobs
+    from multimodal.gpt.model import load_text_model
+
+    model = load_text_model(str(gpt2_dir))
+    tok = model.tokenizer
+    pairs = [("<|endoftext|>Q: 2+2 =", " 4"), ("<|endoftext|>cheese =>", " fromage"), ("<|endoftext|>the cat", " sat")]
+    srv = Server(["--gpt", str(gpt2_dir), "--no-packaged"], tmp_path / "log").wait()
+    try:
+        lm = LocalCompletionsAPI(
+            base_url=srv.url + "/v1/completions", model="gpt", tokenizer=str(gpt2_dir), tokenizer_backend="huggingface"
+        )
+        requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+        theirs = lm.loglikelihood(requests, disable_tqdm=True)
+    finally:
+        srv.stop()
+    choices = [tok.encode(c) for _, c in pairs]
+    prompts = [_prompt_ids(tok, ctx.removeprefix("<|endoftext|>"), 64)[0] for ctx, _ in pairs]
+    ours = choice_logprobs(model, prompts, choices)
+    for (ll, _greedy), lp in zip(theirs, ours):
+        assert abs(ll - float(lp.sum())) < 1e-4
+
+
 # -- the playground page in a real browser ---------------------------------------------------------------
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)")
 def test_playground_page_in_chromium(server, tmp_path):
@@ -396,6 +752,10 @@ def test_playground_page_in_chromium(server, tmp_path):
     png.write_bytes(shape_png())
     labels = ["red circle", "blue square", "green star"]
     greedy = post(server, "/v1/completions", {"prompt": "The cat", "max_tokens": 24, "temperature": 0})
+    nucleus = {"prompt": "The cat", "max_tokens": 24, "temperature": 0.9, "top_p": 0.8, "top_k": 5, "seed": 11}
+    sampled = post(server, "/v1/completions", nucleus).json()["choices"][0]["text"]
+    messages = [{"role": "user", "content": "hello"}]
+    chat = post(server, "/v1/chat/completions", {"messages": messages, "max_tokens": 10, "temperature": 0})
     image = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
     best = post(server, "/v1/classifications", {"image": image, "labels": labels}).json()["data"][0]["label"]
     args = [
@@ -413,6 +773,8 @@ def test_playground_page_in_chromium(server, tmp_path):
             page = browser.new_page()
             requested: list[str] = []
             page.on("request", lambda req: requested.append(req.url))
+            missing: list[str] = []
+            page.on("response", lambda r: r.status == 404 and missing.append(r.url))
             page.goto(server.url + "/")
             page.fill("#key", KEY)
             page.dispatch_event("#key", "change")
@@ -428,14 +790,41 @@ def test_playground_page_in_chromium(server, tmp_path):
             assert page.locator("#completion .token").count() > 3
             title = page.get_attribute("#completion .token >> nth=0", "title")
             assert "p=" in title and "%" in title
+            # examples suited to the model, top-p / top-k / seed, and the request as curl and Python
+            assert page.locator("#examples option").count() == 4  # "(choose one)" + the card's 3
+            page.select_option("#examples", index=3)
+            assert page.input_value("#prompt") == "Q: What is 2 + 2?\nA:"
+            page.fill("#prompt", "The cat")
+            page.fill("#temperature", "0.9")
+            page.fill("#top-p", "0.8")
+            page.fill("#top-k", "5")
+            page.fill("#gpt-seed", "11")
+            page.click("#complete")
+            page.wait_for_function("document.getElementById('completion-status').textContent.startsWith('done')")
+            assert page.eval_on_selector("#completion", "e => e.textContent") == sampled
+            curl = page.eval_on_selector("#completion-curl", "e => e.textContent")
+            assert curl.startswith("curl -s -u :$API_KEY") and '"top_k":5' in curl and '"seed":11' in curl
+            python = page.eval_on_selector("#completion-python", "e => e.textContent")
+            assert "client.completions.create(" in python and "top_p=0.8" in python and "extra_body={" in python
+            # chat: the answer streamed into the conversation
+            page.fill("#chat-temperature", "0")
+            page.fill("#chat-max-tokens", "10")
+            page.fill("#chat-input", "hello")
+            page.click("#chat-send")
+            page.wait_for_function("document.getElementById('chat-status').textContent.startsWith('done')")
+            said = page.eval_on_selector("#chat-log .assistant .content", "e => e.textContent")
+            assert said == chat.json()["choices"][0]["message"]["content"]
             # an image grid with CLIP's pick framed
             page.fill("#caption", "a blue square in the center")
             page.fill("#image-n", "3")
             page.fill("#candidates", "4")
             page.fill("#seed", "1")
+            page.fill("#guidance", "2")
             page.click("#generate")
             page.wait_for_selector("#images .cell >> nth=2")
             assert page.locator("#images .cell").count() == 3
+            assert page.get_attribute("#images .cell a >> nth=0", "download") == "image-1.png"
+            assert '"guidance":2' in page.eval_on_selector("#image-curl", "e => e.textContent")
             assert page.locator("#images .cell.pick").count() == 1
             assert page.eval_on_selector("#images img", "e => e.naturalWidth") == 64
             # zero-shot: upload, labels, bar chart
@@ -448,6 +837,7 @@ def test_playground_page_in_chromium(server, tmp_path):
         finally:
             browser.close()
     assert requested and all(u.startswith(server.url) or u.startswith("data:") for u in requested)  # offline
+    assert not missing, missing  # the favicon included
 
 
 # -- start-up -------------------------------------------------------------------------------------------
@@ -492,26 +882,142 @@ def test_engine_prompts_prefilled_together_decode_like_generate(gpt):
         engine.close()
 
 
-def test_engine_survives_a_failing_batch(gpt, capsys):
+def _run_choices(engine, choices, timeout: float = 60) -> list[tuple[str, Event]]:
+    """Submit choices whose ``emit`` is unset; → (text, last event) of each."""
     import queue
 
+    events: queue.Queue = queue.Queue()
+    for i, c in enumerate(choices):
+        c.emit = lambda e, i=i: events.put((i, e))
+    assert engine.submit(choices)
+    texts, last = [""] * len(choices), [None] * len(choices)
+    while any(e is None for e in last):
+        i, e = events.get(timeout=timeout)
+        texts[i] += e.text
+        if e.finish_reason is not None:
+            last[i] = e
+    return list(zip(texts, last))
+
+
+def test_engine_refuses_a_bad_choice_on_submission(gpt):
     from multimodal.sampling import SamplingSettings
     from multimodal.serve.engine import Choice, Engine
 
     engine = Engine(gpt, max_batch=2)
-    events: queue.Queue = queue.Queue()
     greedy = SamplingSettings(temperature=0)
+    noop = lambda e: None  # noqa: E731
     try:
-        engine.submit([Choice([10**6], 4, greedy, events.put)])  # an id past the embedding table
-        assert "generation failed" in events.get(timeout=30).error
-        engine.submit([Choice([1, 2], 3, greedy, events.put)])
-        text = ""
-        while (e := events.get(timeout=30)).finish_reason is None:
-            text += e.text
-        assert text + e.text == gpt.generate("\x01\x02", 3, temperature=0).text
+        bad = [
+            (Choice([10**6], 4, greedy, noop), "outside the vocabulary"),
+            (Choice([], 4, greedy, noop), "empty prompt"),
+            (Choice([1] * CONTEXT, 8, greedy, noop), "exceed the context"),
+            (Choice([1], -1, greedy, noop), "max_tokens"),
+        ]
+        settings = SamplingSettings(temperature=1.0)
+        settings.top_p = 0.0  # changed after its own check
+        bad.append((Choice([1], 4, settings, noop), "top_p"))
+        for choice, words in bad:
+            with pytest.raises(ValueError, match=words):
+                engine.submit([Choice([1, 2], 3, greedy, noop), choice])  # the good one is not queued either
+        assert engine.stats()["waiting"] == 0 and engine.stats()["running"] == 0
     finally:
         engine.close()
-    assert "IndexError" in capsys.readouterr().err  # the traceback goes to the server's log
+
+
+def test_engine_a_failing_row_fails_alone(gpt, monkeypatch, capsys):
+    """A forward pass that raises for one row (here: any batch holding the poison token) ends that row only;
+    the rows beside it give ``GPT.generate``'s text, in the prefill and in decode steps alike."""
+    from multimodal.sampling import SamplingSettings
+    from multimodal.serve.engine import Choice, Engine
+
+    poison = 200
+    real_hidden = gpt.hidden
+
+    def hidden(ids, cache=None, pos=0):
+        if (ids == poison).any():
+            raise RuntimeError("poisoned row")
+        return real_hidden(ids, cache, pos)
+
+    engine = Engine(gpt, max_batch=4)
+    monkeypatch.setattr(engine.model, "hidden", hidden)
+    greedy = SamplingSettings(temperature=0)
+    prompts = ["alpha", "beta gamma", "delta"]
+    try:
+        # the poison in the prompt: the shared prefill fails, then each prompt alone
+        choices = [Choice(gpt.tokenizer.encode(p), 10, greedy, None) for p in prompts]
+        choices.insert(1, Choice([poison, 65], 10, greedy, None))
+        out = _run_choices(engine, choices)
+        assert "poisoned row" in out[1][1].error and out[1][1].finish_reason == "error"
+        monkeypatch.setattr(engine.model, "hidden", real_hidden)
+        want = [gpt.generate(p, 10, temperature=0).text for p in prompts]
+        assert [t for t, _ in out[:1] + out[2:]] == want
+        assert all(e.error is None and e.finish_reason == "length" for _, e in out[:1] + out[2:])
+        # the poison drawn mid-generation: a row forced to emit it fails at its next decode step
+        monkeypatch.setattr(engine.model, "hidden", hidden)
+        forced = SamplingSettings(temperature=1.0, top_k=1)
+        real_pick = engine._pick
+
+        def pick(logits, rows):
+            if engine.running[rows[0]].settings is forced:
+                return [poison] * len(rows)
+            return real_pick(logits, rows)
+
+        monkeypatch.setattr(engine, "_pick", pick)
+        choices = [Choice(gpt.tokenizer.encode(p), 10, greedy, None) for p in prompts]
+        choices.append(Choice([65], 10, forced, None))
+        out = _run_choices(engine, choices)
+        assert "poisoned row" in out[3][1].error
+        assert [t for t, _ in out[:3]] == want
+        deadline = time.time() + 10
+        while engine.stats()["running"] and time.time() < deadline:  # finished rows leave at the next step
+            time.sleep(0.01)
+        assert engine.stats()["failed"] == 2 and engine.stats()["running"] == 0
+    finally:
+        engine.close()
+    assert "RuntimeError: poisoned row" in capsys.readouterr().err  # the traceback goes to the server's log
+
+
+def test_engine_one_token_echo_and_a_vanishing_top_p_beside_others(gpt):
+    """The issue's two ordinary requests that used to fail every running stream: echo + logprobs of a
+    one-token prompt, and a top_p that is 0 in float32 (now: the most likely token is kept, as greedy)."""
+    from multimodal.sampling import SamplingSettings
+    from multimodal.serve.engine import Choice, Engine, new_generator
+
+    engine = Engine(gpt, max_batch=4)
+    greedy = SamplingSettings(temperature=0)
+    try:
+        choices = [
+            Choice(gpt.tokenizer.encode("hello"), 12, greedy, None),
+            Choice([65], 0, greedy, None, logprobs=2, echo=True),
+            Choice([65], 3, greedy, None, logprobs=2, echo=True),
+            Choice(gpt.tokenizer.encode("x"), 6, SamplingSettings(1.0, None, 1e-50), None, new_generator(2**70)),
+        ]
+        out = _run_choices(engine, choices)
+        assert all(e.error is None for _, e in out)
+        assert out[0][0] == gpt.generate("hello", 12, temperature=0).text
+        assert out[1] == ("A", out[1][1]) and out[1][1].finish_reason == "length"
+        assert out[3][0] == gpt.generate("x", 6, temperature=0).text  # nucleus of one token: the argmax
+    finally:
+        engine.close()
+
+
+def test_int8_engine_decodes_like_the_int8_model(gpt):
+    """``--int8``: torch.ao's dynamic int8 Linear layers. Activations are quantised per call, so a row's numbers
+    depend on its batch; alone, the engine gives the quantised model's own greedy text."""
+    import copy
+
+    from multimodal.sampling import SamplingSettings
+    from multimodal.serve.cli import int8_linears
+    from multimodal.serve.engine import Choice, Engine
+
+    q = int8_linears(copy.deepcopy(gpt))
+    assert type(q.lm_head).__module__.startswith("torch.ao.nn.quantized")
+    engine = Engine(q, max_batch=2)
+    try:
+        [(text, last)] = _run_choices(engine, [Choice(gpt.tokenizer.encode("int8"), 12, SamplingSettings(0), None)])
+        assert last.error is None and text == q.generate("int8", 12, temperature=0).text
+    finally:
+        engine.close()
 
 
 def test_without_keys_no_key_is_asked(gpt):
@@ -522,7 +1028,9 @@ def test_without_keys_no_key_is_asked(gpt):
 
     engine = Engine(gpt, max_batch=2)
     try:
-        with TestClient(create_app([Served("tiny", "gpt", gpt, "memory", engine)])) as http:
+        with TestClient(
+            create_app([Served("tiny", "gpt", gpt, "memory", engine)]), base_url="http://127.0.0.1"
+        ) as http:
             assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["tiny"]
             r = http.post("/v1/completions", json={"prompt": "ab", "max_tokens": 3, "temperature": 0})
             assert r.json()["choices"][0]["text"] == gpt.generate("ab", 3, temperature=0).text

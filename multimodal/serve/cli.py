@@ -48,10 +48,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_flag(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the models (default: torch's)")
     p.add_argument("--max-batch", type=int, default=16, help="completions decoded together (KV cache rows; 16)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="decode with dynamic int8 Linear layers (torch.ao): a quarter of the weight bytes per step on a CPU; "
+        "log-probs move by about 1e-2 and greedy text may differ from fp32",
+    )
     p.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask (4096)")
     p.add_argument("--max-n", type=int, default=16, help="largest n per request (16)")
     p.add_argument("--max-body-mb", type=float, default=16, help="largest request body in MiB (16)")
     p.add_argument("--max-image-mb", type=float, default=8, help="largest uploaded image in MiB (8)")
+    p.add_argument(
+        "--max-queue", type=int, default=16, help="requests waiting for the DALL·E or CLIP worker before a 429 (16)"
+    )
+    p.add_argument(
+        "--max-label-texts",
+        type=int,
+        default=4000,
+        help="labels × templates one classification may embed (4000: 50 labels with the 80 ImageNet templates)",
+    )
+    p.add_argument(
+        "--chat-template",
+        help="Jinja chat template for /v1/chat/completions (default: the tokenizer's own from the GPT's "
+        "tokenizer_config.json, else a plain 'Role: content' format)",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request on stderr")
     return p
 
@@ -85,6 +105,7 @@ def load_models(args: argparse.Namespace, device: torch.device) -> list:
     from multimodal.gpt.model import load_text_model
     from multimodal.serve.app import Served
     from multimodal.serve.engine import Engine
+    from multimodal.serve.service import PACKAGED_GPT_EXAMPLES
 
     def source(flag: str | None, name: str) -> str | None:
         if flag is not None:
@@ -104,8 +125,12 @@ def load_models(args: argparse.Namespace, device: torch.device) -> list:
             gpt = load_text_model(gpt_src, str(device)).eval()
         except CheckpointError as e:
             raise CheckpointError(f"--gpt: {e}") from None
+        if args.int8:
+            gpt = int8_linears(gpt)
         engine = Engine(gpt, max_batch=args.max_batch)
-        served.append(Served(args.gpt_name, "gpt", gpt, gpt_src, engine))
+        packaged = args.gpt is None  # the packaged GPT was trained on data.tasks: offer its formats
+        examples = PACKAGED_GPT_EXAMPLES if packaged else None
+        served.append(Served(args.gpt_name, "gpt", gpt, gpt_src, engine, examples=examples))
     dalle_src = source(args.dalle, "dalle")
     if dalle_src is not None:
         try:
@@ -123,6 +148,17 @@ def load_models(args: argparse.Namespace, device: torch.device) -> list:
     elif args.clip_model:
         raise UsageError("--clip-model names the architecture of --clip's weights; give --clip FILE too")
     return served
+
+
+def int8_linears(gpt):
+    """The GPT with every ``nn.Linear`` (the tied output layer included, as its own int8 copy) swapped for
+    torch.ao's dynamically quantised one: weights in int8, activations quantised per call."""
+    from torch import nn
+    from torch.ao.quantization import quantize_dynamic
+
+    if gpt.token_embedding.weight.device.type != "cpu":
+        raise UsageError("--int8 is for CPU decoding (torch.ao's dynamic int8 kernels)")
+    return quantize_dynamic(gpt, {nn.Linear}, dtype=torch.qint8)
 
 
 def access_note(keys: set[str], host_flag: str | None, host: str) -> str:
@@ -143,8 +179,11 @@ def access_note(keys: set[str], host_flag: str | None, host: str) -> str:
 
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP. With
+    # proto 0, a keep-alive response's body waited behind Nagle for the client's delayed ACK: +40 ms a request
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
@@ -155,18 +194,35 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def shutdown_server():
+    """uvicorn's server, told on SIGTERM / SIGINT to end running streams with an error event first (they
+    see ``service.closing`` within a quarter second) rather than be cut when the grace period ends."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            self.config.app.state.service.closing = True
+            super().handle_exit(sig, frame)
+
+    return Server
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - checked here, used below
 
         from multimodal.serve.app import Limits, create_app
+        from multimodal.serve.chat import load_template
     except ImportError as e:
-        return fail(f"the service needs FastAPI and uvicorn: pip install 'multimodal-suite[serve]' ({e})")
+        return fail(
+            f"the service needs FastAPI, uvicorn, jinja2 and prometheus_client: pip install 'multimodal-suite[serve]' "
+            f"({e})"
+        )
     try:
         if not 0 <= args.port <= 65535:
             raise UsageError(f"--port must be in [0, 65535], got {args.port}")
-        for flag in ("max_batch", "max_tokens", "max_n"):
+        for flag in ("max_batch", "max_tokens", "max_n", "max_queue", "max_label_texts"):
             if getattr(args, flag) < 1:
                 raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
         if args.threads is not None:
@@ -183,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         served = load_models(args, device)
         if not served:
             raise UsageError("no model to serve: give --gpt, --dalle or --clip (or drop --no-packaged)")
+        templates = {s.name: load_template(args.chat_template, s.source) for s in served if s.kind == "gpt"}
     except (UsageError, CheckpointError, ValueError) as e:
         sock.close()
         return fail(e)
@@ -191,17 +248,22 @@ def main(argv: list[str] | None = None) -> int:
         max_tokens=args.max_tokens,
         max_n=args.max_n,
         max_image_bytes=int(args.max_image_mb * 2**20),
+        max_queue=args.max_queue,
+        max_label_texts=args.max_label_texts,
     )
-    app = create_app(served, limits, keys)
+    trusted = (host,) if host not in ("0.0.0.0", "::") else ()
+    app = create_app(served, limits, keys, templates, trusted)
     port = sock.getsockname()[1]
     for s in served:
         extra = f", KV cache {s.engine.cache_megabytes():.0f} MiB for {s.engine.max_batch} slots" if s.engine else ""
+        if s.kind == "gpt":
+            extra += f", chat template: {templates[s.name].source}"
         print(f"serving {s.kind} '{s.name}' from {s.source}{extra}", file=sys.stderr)
     print(access_note(keys, args.host, host), file=sys.stderr)
     url_host = f"[{host}]" if ":" in host else host
     print(f"listening on http://{url_host}:{port} (playground at /, API at /v1)", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=args.access_log, timeout_graceful_shutdown=3)
-    server = uvicorn.Server(config)
+    config = uvicorn.Config(app, log_level="warning", access_log=args.access_log, timeout_graceful_shutdown=5)
+    server = shutdown_server()(config)
     try:
         server.run(sockets=[sock])
     finally:

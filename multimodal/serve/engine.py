@@ -16,6 +16,10 @@ One thread owns the model and one KV cache of ``max_batch`` rows ("slots"). Ever
 
 Requests therefore join and leave the running batch between decode steps. Results travel back as ``Event``s
 through a callback the caller makes thread-safe (the server posts them onto its event loop).
+
+No request can hurt another: ``submit`` checks every choice (ids, lengths, settings) and refuses a bad one with a
+``ValueError`` before it joins; and when a batched step raises all the same, the step is run again one row at a
+time, so only the rows that fail alone end with an error event while the others go on.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch
 from torch import Tensor
 
 from multimodal.gpt.model import GPT
-from multimodal.sampling import SamplingSettings, filter_logits
+from multimodal.sampling import SamplingSettings, filter_logits, reduce_seed
 
 
 @dataclass
@@ -99,6 +103,7 @@ class Engine:
         self.waiting: deque[Choice] = deque()
         self.generated_tokens = 0
         self.steps = 0
+        self.failed = 0  # choices ended by an error of their own
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="gpt-engine", daemon=True)
@@ -118,10 +123,32 @@ class Engine:
             "slots": self.max_batch,
             "generated_tokens": self.generated_tokens,
             "steps": self.steps,
+            "failed": self.failed,
         }
 
+    def check(self, seq: Choice) -> None:
+        """Raise ``ValueError`` for a choice the loop could not run (the server answers 400)."""
+        vocab, context = self.model.config.vocab_size, self.context_length
+        if not seq.ids:
+            raise ValueError("empty prompt")
+        bad = [t for t in seq.ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"token id {bad[0]!r} is outside the vocabulary [0, {vocab})")
+        if seq.max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {seq.max_tokens}")
+        if len(seq.ids) + max(seq.max_tokens - 1, 0) > context:
+            raise ValueError(
+                f"{len(seq.ids)} prompt tokens + {seq.max_tokens} new ones exceed the context of {context}"
+            )
+        if seq.logprobs is not None and not 0 <= seq.logprobs <= vocab:
+            raise ValueError(f"logprobs must be in [0, {vocab}], got {seq.logprobs}")
+        seq.settings.__post_init__()  # the settings' own checks, again: they may have changed since
+
     def submit(self, sequences: list[Choice]) -> bool:
-        """Queue sequences; False when the queue is full (the caller answers "busy")."""
+        """Queue sequences; False when the queue is full (the caller answers "busy"). A choice that fails
+        ``check`` raises ``ValueError`` and none of them is queued."""
+        for seq in sequences:
+            self.check(seq)
         with self._cond:
             if len(self.waiting) + len(sequences) > self.max_waiting:
                 return False
@@ -158,12 +185,21 @@ class Engine:
             try:
                 with torch.inference_mode():
                     self._iteration(admitted)
-            except Exception as e:  # noqa: BLE001 - one bad batch must not stop the server
-                traceback.print_exc(file=sys.stderr)
-                message = f"generation failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            except Exception as e:  # noqa: BLE001 - a bug outside the per-row guards: end what is running
                 for seq in self.running + [s for s in admitted if s not in self.running]:
-                    seq.emit(Event("", [], "error", len(seq.new), error=message))
+                    self._fail(seq, e)
                 self.running = []
+
+    def _fail(self, seq: Choice, e: Exception) -> None:
+        """End ``seq`` with an error event (its traceback to the server's log); the others go on."""
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+        self.failed += 1
+        seq.cancelled = True
+        message = f"generation failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        try:
+            seq.emit(Event("", [], "error", len(seq.new), error=message))
+        except Exception:  # noqa: BLE001 - its client's callback is broken too; nothing more to tell it
+            traceback.print_exc(file=sys.stderr)
 
     def _iteration(self, admitted: list[Choice]) -> None:
         if admitted:
@@ -189,7 +225,10 @@ class Engine:
         by the row's own tokens before any query can see them."""
         scoring = [s for s in seqs if s.max_tokens == 0]
         for seq in scoring:  # no slot, no cache
-            self._finish_prefill(seq, self.model.hidden(torch.tensor([seq.ids], device=self.device))[0])
+            try:
+                self._finish_prefill(seq, self.model.hidden(torch.tensor([seq.ids], device=self.device))[0])
+            except Exception as e:  # noqa: BLE001 - this request's own failure
+                self._fail(seq, e)
         rest = sorted((s for s in seqs if s.max_tokens > 0), key=lambda s: len(s.ids))
         while rest:
             group = [rest.pop(0)]
@@ -199,18 +238,35 @@ class Engine:
                 and len(rest[0].ids) * (len(group) + 1) <= 2 * (sum(len(s.ids) for s in group) + len(rest[0].ids)) + 64
             ):
                 group.append(rest.pop(0))
-            width = max(len(s.ids) for s in group)
-            ids = torch.full((len(group), width), self.tokenizer.eot_id, dtype=torch.long, device=self.device)
-            for i, s in enumerate(group):
-                ids[i, : len(s.ids)] = torch.tensor(s.ids, device=self.device)
-            start = len(self.running)
-            views = self._views_for(start, len(group))
-            zeros = torch.zeros(len(group), dtype=torch.long, device=self.device)
-            hidden = self.model.hidden(ids, views, zeros)  # [g, width, C]
-            for i, s in enumerate(group):
-                s.cached = len(s.ids)
-                self.running.append(s)
+            try:
+                self._prefill_group(group)
+            except Exception as e:  # noqa: BLE001 - find the prompt that fails on its own
+                if len(group) == 1:
+                    self._fail(group[0], e)
+                    continue
+                for s in group:
+                    try:
+                        self._prefill_group([s])
+                    except Exception as e1:  # noqa: BLE001
+                        self._fail(s, e1)
+
+    def _prefill_group(self, group: list[Choice]) -> None:
+        """One forward pass over ``group``'s prompts into the cache rows after the running ones; the rows join
+        ``running`` only once it succeeded (a failed pass leaves nothing that a retry would not overwrite)."""
+        width = max(len(s.ids) for s in group)
+        ids = torch.full((len(group), width), self.tokenizer.eot_id, dtype=torch.long, device=self.device)
+        for i, s in enumerate(group):
+            ids[i, : len(s.ids)] = torch.tensor(s.ids, device=self.device)
+        views = self._views_for(len(self.running), len(group))
+        zeros = torch.zeros(len(group), dtype=torch.long, device=self.device)
+        hidden = self.model.hidden(ids, views, zeros)  # [g, width, C]
+        for i, s in enumerate(group):
+            s.cached = len(s.ids)
+            self.running.append(s)
+            try:
                 self._finish_prefill(s, hidden[i, : len(s.ids)])
+            except Exception as e:  # noqa: BLE001 - its row stays until the next compaction, then leaves
+                self._fail(s, e)
 
     def _finish_prefill(self, seq: Choice, hidden: Tensor) -> None:
         """``hidden [T, C]`` of ``seq``'s prompt → its pending logits, and the echoed prompt if asked."""
@@ -223,7 +279,7 @@ class Engine:
             seq.pending = logits[-1]
             tokens = self._prompt_tokens(seq, logits[:-1].float().log_softmax(-1))
         else:
-            seq.pending = self.model.lm_head(hidden[-1])
+            seq.pending = self.model.lm_head(hidden[-1:])[0]  # 2-D: int8 Linear layers take no 1-D input
         if seq.echo:
             seq.emit(Event(seq.prompt_text, tokens))
         if seq.max_tokens == 0:
@@ -244,6 +300,8 @@ class Engine:
     def _tops(self, logp: Tensor, ks: list[int], chosen: list[int]) -> list[dict[str, float]]:
         """Row r of ``logp [N, V]``: its ``ks[r]`` most likely tokens plus the chosen one (as OpenAI and vLLM)."""
         tok = self.tokenizer
+        if not ks:  # a one-token prompt has no scored token
+            return []
         k = min(max(ks), logp.shape[-1])
         values, index = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
         picked = logp.gather(-1, torch.tensor(chosen, device=logp.device)[:, None])[:, 0].tolist()
@@ -255,24 +313,29 @@ class Engine:
         return out
 
     def _sample(self) -> None:
+        """One token for every running row: batched by settings; a row whose logits are not finite, or whose
+        group fails, is sampled alone (and fails alone)."""
         seqs = self.running
         logits = torch.stack([s.pending for s in seqs])  # [n, V]
-        tokens = [0] * len(seqs)
+        finite = torch.isfinite(logits).all(-1).tolist()
+        tokens: dict[int, int] = {}
         groups: dict[tuple, list[int]] = {}
         for i, s in enumerate(seqs):
+            if not finite[i]:
+                self._fail(s, FloatingPointError("the model gave non-finite logits for this sequence"))
+                continue
             st = s.settings
             groups.setdefault((st.temperature, st.top_k, st.top_p), []).append(i)
-        for (temperature, top_k, top_p), rows in groups.items():
-            if temperature == 0:  # greedy, as multimodal.sampling.sample_next
-                picked = logits[rows].argmax(-1).tolist()
-            else:
-                probs = filter_logits(logits[rows], temperature, top_k, top_p).softmax(-1)
-                picked = [
-                    int(torch.multinomial(probs[j : j + 1], 1, generator=seqs[r].generator)) for j, r in enumerate(rows)
-                ]
-            for r, t in zip(rows, picked):
-                tokens[r] = t
-        want = [i for i, s in enumerate(seqs) if s.logprobs is not None]
+        for rows in groups.values():
+            try:
+                tokens.update(zip(rows, self._pick(logits, rows)))
+            except Exception:  # noqa: BLE001 - find the row that fails on its own
+                for r in rows:
+                    try:
+                        tokens[r] = self._pick(logits, [r])[0]
+                    except Exception as e:  # noqa: BLE001
+                        self._fail(seqs[r], e)
+        want = [i for i in tokens if seqs[i].logprobs is not None]
         infos: dict[int, tuple[float, dict]] = {}
         if want:
             logp = logits[want].float().log_softmax(-1)
@@ -281,9 +344,21 @@ class Engine:
             lps = logp.gather(-1, torch.tensor(chosen, device=logp.device)[:, None])[:, 0].tolist()
             infos = {i: (lps[j], tops[j]) for j, i in enumerate(want)}
         self.steps += 1
-        for i, s in enumerate(seqs):
+        for i, token in tokens.items():
             self.generated_tokens += 1
-            self._advance(s, tokens[i], infos.get(i))
+            try:
+                self._advance(seqs[i], token, infos.get(i))
+            except Exception as e:  # noqa: BLE001 - e.g. its client's callback
+                self._fail(seqs[i], e)
+
+    def _pick(self, logits: Tensor, rows: list[int]) -> list[int]:
+        """Tokens for ``rows`` of ``logits`` (same settings): greedy, or each row from its own generator."""
+        st = self.running[rows[0]].settings
+        if st.temperature == 0:  # greedy, as multimodal.sampling.sample_next
+            return logits[rows].argmax(-1).tolist()
+        probs = filter_logits(logits[rows], st.temperature, st.top_k, st.top_p).softmax(-1)
+        gens = [self.running[r].generator for r in rows]
+        return [int(torch.multinomial(probs[j : j + 1], 1, generator=g)) for j, g in enumerate(gens)]
 
     def _advance(self, seq: Choice, token: int, info: tuple[float, dict] | None) -> None:
         """Append ``token`` to ``seq``, release the text that is safe to show, and finish it when done."""
@@ -341,11 +416,21 @@ class Engine:
                 i += 1
 
     def _decode(self) -> None:
-        seqs = self.running
-        n = len(seqs)
+        """Feed every running row its new token in one forward pass; if the pass fails, row by row (a row's
+        cache entries at its position are simply written again), and only a row that fails alone is ended."""
+        try:
+            self._forward(0, self.running)
+        except Exception:  # noqa: BLE001
+            for i, seq in enumerate(self.running):
+                try:
+                    self._forward(i, [seq])
+                except Exception as e:  # noqa: BLE001
+                    self._fail(seq, e)
+
+    def _forward(self, start: int, seqs: list[Choice]) -> None:
         ids = torch.tensor([[s.new[-1]] for s in seqs], device=self.device)  # [n, 1]
         pos = torch.tensor([s.cached for s in seqs], device=self.device)  # [n]
-        logits = self.model(ids, self._views_for(0, n), pos)[:, -1]  # [n, V]
+        logits = self.model(ids, self._views_for(start, len(seqs)), pos)[:, -1]  # [n, V]
         for s, row in zip(seqs, logits):
             s.pending = row
             s.cached += 1
@@ -366,5 +451,5 @@ def new_generator(seed: int | None, device: torch.device | str = "cpu") -> torch
     if seed is None:
         g.seed()
     else:
-        g.manual_seed(seed)
+        g.manual_seed(reduce_seed(seed))  # any integer, as SamplingSettings: seed mod 2**64
     return g

@@ -94,14 +94,48 @@ class ClassificationRequest(Strict):
     templates: list[str] | None = None  # None: OpenAI's 80 ImageNet templates, as clip.zeroshot
 
 
-def parse_body(raw: bytes, model: type[Strict]) -> Strict:
-    """JSON bytes → ``model``, or an ``APIError`` 400 naming the offending field."""
+class ChatRequest(Strict):
+    model: str | None = None
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = None  # None: up to the context (and --max-tokens)
+    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
+    temperature: float | None = 1.0
+    top_p: float | None = 1.0
+    top_k: int | None = None  # ours (as vLLM's)
+    n: int | None = 1
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = None
+    stream: bool | None = False
+    stream_options: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    # OpenAI fields this server does not implement: accepted only at their neutral values
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    user: str | None = None
+
+
+def parse_body(raw: bytes, model: type[Strict], max_values: int = 2**18) -> Strict:
+    """JSON bytes → ``model``, or an ``APIError`` 400 naming the offending field. Cheap checks come first, so a
+    hostile body costs little: at most ``max_values`` JSON values (counted by commas before parsing), no
+    nesting deeper than Python's recursion limit, and no lone UTF-16 surrogate (``"\\ud800"``) in any string,
+    which no tokenizer can encode."""
+    if raw.count(b",") >= max_values:
+        raise APIError(400, f"the request body holds more than {max_values} JSON values; this is a limit per request")
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"malformed JSON in the request body: {e}") from None
+    except RecursionError:
+        raise APIError(400, "the request body's JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise APIError(400, f"the request body must be a JSON object, got {type(data).__name__}")
+    if b"\\ud" in raw.lower():  # only escapes can carry a lone surrogate into a str
+        _check_text(data, "")
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -112,6 +146,24 @@ def parse_body(raw: bytes, model: type[Strict]) -> Strict:
         # a union reports one error per member; say what the field may be instead
         expected = _EXPECTED.get(param.split(".")[0] if param else "", err["msg"])
         raise APIError(400, f"invalid type for '{param}': {expected}", param) from None
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Raise a 400 naming the field if a string below ``value`` is not valid Unicode (a lone surrogate)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            field = where.split("[")[0].split(".")[0] or None
+            raise APIError(400, f"'{where}' holds a lone UTF-16 surrogate: not valid Unicode text", field) from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(k, where or "body")
+            _check_text(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if isinstance(v, (str, list, dict)):
+                _check_text(v, f"{where}[{i}]")
 
 
 def _is_union_tag(x: Any) -> bool:
@@ -126,6 +178,7 @@ _EXPECTED = {
     "labels": "a list of strings",
     "templates": "a list of strings",
     "rerank": "true, false or the name of a served CLIP",
+    "messages": "a list of message objects ({'role': ..., 'content': ...})",
 }
 
 
