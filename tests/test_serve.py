@@ -136,20 +136,25 @@ def shape_png(color: str = "red") -> bytes:
 
 
 # -- completions -----------------------------------------------------------------------------------
+# The service continues a prompt as given (OpenAI's and vLLM's convention, which lm-eval's API models expect), so it
+# matches GPT.generate(..., document_start=False); the Python API and CLIs start the prompt as a document.
 def test_completion_matches_the_python_api(client, gpt):
     greedy = client.completions.create(model="gpt", prompt="The cat", max_tokens=12, temperature=0)
-    ref = gpt.generate("The cat", 12, temperature=0)
+    ref = gpt.generate("The cat", 12, temperature=0, document_start=False)
     assert greedy.object == "text_completion" and greedy.model == "gpt"
     assert greedy.choices[0].text == ref.text
     assert greedy.usage.prompt_tokens == 7 and greedy.usage.completion_tokens == len(ref.tokens)
     sampled = client.completions.create(
         model="gpt", prompt="The cat", max_tokens=12, temperature=0.9, top_p=0.95, seed=5
     )
-    assert sampled.choices[0].text == gpt.generate("The cat", 12, temperature=0.9, top_p=0.95, seed=5).text
+    assert (
+        sampled.choices[0].text
+        == gpt.generate("The cat", 12, temperature=0.9, top_p=0.95, seed=5, document_start=False).text
+    )
     # the issue's request: no model named, a stop string
     stop = ref.text[4:6] or "o"
     cut = client.completions.create(model="gpt", prompt="The cat", max_tokens=12, temperature=0, stop=[stop])
-    assert cut.choices[0].text == gpt.generate("The cat", 12, temperature=0, stop=[stop]).text
+    assert cut.choices[0].text == gpt.generate("The cat", 12, temperature=0, stop=[stop], document_start=False).text
     assert cut.choices[0].finish_reason == "stop" and stop not in cut.choices[0].text
 
 
@@ -424,7 +429,7 @@ def test_bad_requests_beside_live_streams_fail_alone(server, gpt):
     """The requests that once failed every running stream (echo + logprobs of a one-token prompt, a top_p that
     is 0 in float32, seeds outside 64 bits) are answered, and the streams beside them finish untouched."""
     body = {"model": "gpt", "prompt": "live", "max_tokens": 120, "temperature": 0, "stream": True}
-    want = gpt.generate("live", 120, temperature=0).text
+    want = gpt.generate("live", 120, temperature=0, document_start=False).text
     results: dict[int, list] = {}
 
     def stream(i: int) -> None:
@@ -875,8 +880,8 @@ def test_engine_prompts_prefilled_together_decode_like_generate(gpt):
             i, e = events.get(timeout=30)
             texts[i] += e.text
             done += e.finish_reason is not None
-        assert texts[:5] == [gpt.generate(p, 12, temperature=0).text for p in prompts]
-        assert texts[5] == gpt.generate("seed", 12, temperature=1.0, seed=9).text
+        assert texts[:5] == [gpt.generate(p, 12, temperature=0, document_start=False).text for p in prompts]
+        assert texts[5] == gpt.generate("seed", 12, temperature=1.0, seed=9, document_start=False).text
         assert engine.stats()["running"] == 0 and engine.steps < 6 * 12 / 2
     finally:
         engine.close()
@@ -949,7 +954,7 @@ def test_engine_a_failing_row_fails_alone(gpt, monkeypatch, capsys):
         out = _run_choices(engine, choices)
         assert "poisoned row" in out[1][1].error and out[1][1].finish_reason == "error"
         monkeypatch.setattr(engine.model, "hidden", real_hidden)
-        want = [gpt.generate(p, 10, temperature=0).text for p in prompts]
+        want = [gpt.generate(p, 10, temperature=0, document_start=False).text for p in prompts]
         assert [t for t, _ in out[:1] + out[2:]] == want
         assert all(e.error is None and e.finish_reason == "length" for _, e in out[:1] + out[2:])
         # the poison drawn mid-generation: a row forced to emit it fails at its next decode step
@@ -994,9 +999,11 @@ def test_engine_one_token_echo_and_a_vanishing_top_p_beside_others(gpt):
         ]
         out = _run_choices(engine, choices)
         assert all(e.error is None for _, e in out)
-        assert out[0][0] == gpt.generate("hello", 12, temperature=0).text
+        assert out[0][0] == gpt.generate("hello", 12, temperature=0, document_start=False).text
         assert out[1] == ("A", out[1][1]) and out[1][1].finish_reason == "length"
-        assert out[3][0] == gpt.generate("x", 6, temperature=0).text  # nucleus of one token: the argmax
+        assert (
+            out[3][0] == gpt.generate("x", 6, temperature=0, document_start=False).text
+        )  # nucleus of one token: the argmax
     finally:
         engine.close()
 
@@ -1015,7 +1022,7 @@ def test_int8_engine_decodes_like_the_int8_model(gpt):
     engine = Engine(q, max_batch=2)
     try:
         [(text, last)] = _run_choices(engine, [Choice(gpt.tokenizer.encode("int8"), 12, SamplingSettings(0), None)])
-        assert last.error is None and text == q.generate("int8", 12, temperature=0).text
+        assert last.error is None and text == q.generate("int8", 12, temperature=0, document_start=False).text
     finally:
         engine.close()
 
@@ -1033,7 +1040,7 @@ def test_without_keys_no_key_is_asked(gpt):
         ) as http:
             assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["tiny"]
             r = http.post("/v1/completions", json={"prompt": "ab", "max_tokens": 3, "temperature": 0})
-            assert r.json()["choices"][0]["text"] == gpt.generate("ab", 3, temperature=0).text
+            assert r.json()["choices"][0]["text"] == gpt.generate("ab", 3, temperature=0, document_start=False).text
             assert "<title>multimodal playground</title>" in http.get("/").text
     finally:
         engine.close()
