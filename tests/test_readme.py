@@ -326,6 +326,11 @@ def test_dalle_examples(workdir, capsys):
     code, out, _ = _run(_command("dalle.sample 'a large red circle in the top left' --checkpoint dalle"), capsys)
     result = json.loads(out)
     assert code == 0 and (workdir / "grid.png").is_file() and len(result["images"]) == 4
+    # --out into folders that do not exist yet: created (checked writable before sampling)
+    code, out, _ = _run(
+        ["dalle.sample", "a red circle", "--num", "2", "--no-progress", "--out", "new/dir/g.png"], capsys
+    )
+    assert code == 0 and (workdir / "new/dir/g.png").is_file()
     code, out, _ = _run(_command("dalle.sample 'a large red circle' --image-prompt"), capsys)
     assert code == 0 and len(list((workdir / "samples").glob("*.png"))) >= 1
     code, out, _ = _run(_command("dalle.vae reconstruct --checkpoint dalle"), capsys)
