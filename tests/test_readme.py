@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,42 +83,6 @@ def test_the_resume_line_names_the_file_the_config_writes():
     config = (ROOT / "configs/gpt/tiny.yaml").read_text()
     assert "default_root_dir: runs/gpt-tiny" in config and "save_last: true" in config
     assert "every_n_train_steps" in config
-
-
-def _red_circle(path: Path) -> Path:
-    from data.shapes import render
-
-    render([{"shape": "circle", "color": "red", "size": "large", "position": "center"}]).save(path)
-    return path
-
-
-def test_zeroshot_shapes_example_prints_what_the_readme_shows(tmp_path, capsys, monkeypatch):
-    from clip.zeroshot import main
-
-    shown = re.search(r"--labels \"red circle,blue square\" img.png[^\n]*\n# (img.png: .*)", README)
-    assert shown, "the README shows the output of the shapes zero-shot example"
-    monkeypatch.chdir(tmp_path)
-    _red_circle(tmp_path / "img.png")
-    assert main(["--model", "shapes", "--labels", "red circle,blue square", "img.png"]) == 0
-    out, err = capsys.readouterr()
-    pattern = r"img.png: red circle ([01]\.\d{3}), blue square ([01]\.\d{3})"
-    want, got = re.fullmatch(pattern, shown.group(1)), re.fullmatch(pattern, out.strip())
-    assert want and got, out
-    assert float(got.group(1)) > 0.9 and abs(float(got.group(1)) - float(want.group(1))) < 0.05
-    assert "knows only the synthetic shapes world" in err
-
-
-def test_zeroshot_json_example_has_the_shown_format(tmp_path, capsys, monkeypatch):
-    """The ViT-B-32 example downloads its weights; the same flags on the packaged model print the same form."""
-    from clip.zeroshot import main
-
-    shown = json.loads(re.search(r"\n# (\{\"image\": \"image.jpg\".*\})\n", README).group(1))
-    monkeypatch.chdir(tmp_path)
-    _red_circle(tmp_path / "image.jpg")
-    args = ["--model", "shapes", "--labels", "cat,dog", "--template", "a photo of a {}.", "--top-k", "1", "--json"]
-    assert main([*args, "image.jpg"]) == 0
-    got = json.loads(capsys.readouterr().out)
-    assert set(got) == set(shown) and got["image"] == shown["image"] and len(got["probs"]) == 1
 
 
 def test_dalle_sample_example_writes_dalle_png_in_the_working_directory(tmp_path, capsys, monkeypatch):
@@ -252,6 +219,7 @@ def test_every_command_is_run_or_skipped_with_a_reason():
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _write_red_circle(tmp_path)
+    (tmp_path / "configs").symlink_to(ROOT / "configs", target_is_directory=True)
     return tmp_path
 
 
@@ -278,8 +246,11 @@ def test_training_examples_that_run_in_seconds(workdir, capsys):
     one ``error:`` line and exit code 2 the README promises for a missing checkpoint."""
     code, out, _ = _run(_command("multimodal.train fit --config configs/gpt/tiny.yaml --print_config"), capsys)
     assert code == 0 and "default_root_dir: runs/gpt-tiny" in out and "class_path: multimodal.gpt.lm.GPTModule" in out
-    (workdir / "configs").symlink_to(ROOT / "configs", target_is_directory=True)
-    code, out, err = _run(_command("multimodal.train fit --config configs/gpt/finetune-compare.yaml"), capsys)
+    # as a user runs it (in-process, Lightning's log handler would write to an earlier test's closed stream)
+    command = _command("multimodal.train fit --config configs/gpt/finetune-compare.yaml")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, env=env, timeout=300)
+    code, err = r.returncode, r.stderr
     errors = [line for line in err.splitlines() if line.strip() and not line.startswith("Seed set")]
     assert code == 2 and errors == ["error: runs/gpt-tasks/export: no such file or directory"], err[-2000:]
     assert "Traceback" not in err
@@ -348,7 +319,7 @@ def test_dalle_examples(workdir, capsys):
         (workdir / "generated" / f"{i}.png").write_bytes(png.read_bytes())
         (workdir / "generated" / f"{i}.txt").write_text("a large red circle")
     code, out, _ = _run(_command("data.judge --checkpoint judge generated/"), capsys)
-    assert code == 0 and out.startswith(f"{len(list((workdir / 'samples').glob('*.png')))} images scored")
+    assert code == 0 and json.loads(out)["images"] == len(list((workdir / "samples").glob("*.png")))
 
 
 def test_data_shards_example(workdir, capsys):
@@ -364,7 +335,10 @@ def test_data_shards_example(workdir, capsys):
 def test_fewshot_example(workdir, capsys):
     """The packaged GPT on the in-context tasks (5 queries per task here: the default 100 take a minute)."""
     code, out, _ = _run([*_command("multimodal.fewshot --tasks incontext"), "--n", "5"], capsys)
-    assert code == 0 and (workdir / "acc.png").is_file() and "results" in json.loads(out)
+    accuracy = json.loads(out)["accuracy"]
+    from data.tasks import GROUPS
+
+    assert code == 0 and (workdir / "acc.png").is_file() and set(accuracy) == set(GROUPS["incontext"])
 
 
 def test_export_examples(workdir, capsys):
