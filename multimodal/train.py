@@ -37,12 +37,15 @@ class _NoAdvert(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    """Silence the notices every run would print that are not about the run: the litlogger advert and the
-    ``LeafSpec`` deprecation Lightning's own pytree helper triggers in torch (nothing of ours to change)."""
+    """Silence the notices every run would print that are not about the run: the litlogger advert, the
+    ``LeafSpec`` deprecation Lightning's own pytree helper triggers in torch (nothing of ours to change), and the
+    ``IterableDataset`` length caution our shard streams already answer."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         if not any(isinstance(f, _NoAdvert) for f in logging.getLogger(name).filters):
             logging.getLogger(name).addFilter(_NoAdvert())
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # our shard datasets split their stream by node and by worker and give every rank the same number of batches
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 
 class SuiteCLI(LightningCLI):
