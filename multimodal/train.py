@@ -58,6 +58,12 @@ class SuiteCLI(LightningCLI):
         # warn that args and sys.argv are both given, which is the case for every command-line run
         self.config = parser.parse_args(args)
 
+    def before_fit(self) -> None:
+        # a frozen part kept in eval mode on purpose (DALL·E's dVAE) is not the mistake Lightning warns about
+        frozen = [m for m in self.model.modules() if not m.training]
+        if frozen and not any(p.requires_grad for m in frozen for p in m.parameters()):
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> L.Trainer:
         if config.get("logger") in (None, True):
             config["logger"] = CSVLogger(save_dir=config.get("default_root_dir") or ".")
