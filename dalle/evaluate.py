@@ -346,17 +346,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main_vae(args: argparse.Namespace) -> int:
+    from dalle.vae.model import load_image_tokenizer
     from data.judge import Judge
 
     device = resolve_device(args.device)
-    from dalle.vae import DiscreteVAE
-
-    vae = load_model(args.vae, ("vae", "dalle"))
-    if not isinstance(vae, DiscreteVAE):  # a DALL·E: score the tokenizer it draws through
-        if vae.vae is None:
-            raise UsageError(f"{args.vae}: this DALL·E carries no dVAE")
-        vae = vae.vae
-    vae = vae.to(device).eval()
+    vae = load_image_tokenizer(args.vae).to(device).eval()  # a DALL·E: the tokenizer it draws through
     judge = Judge.from_checkpoint(args.judge, device)
     result = {"vae": args.vae, "splits": {}}
     for split in args.splits:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -87,6 +88,16 @@ def resolve_precision(name: str, device: str | torch.device) -> torch.dtype:
     except (RuntimeError, TypeError, NotImplementedError) as e:
         raise UsageError(f"--precision {name}: not supported on {device} ({str(e).splitlines()[0][:120]})") from None
     return dtype
+
+
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """``\\n``, ``\\t``, ``\\r`` and ``\\\\`` typed on a command line → newline, tab, carriage return, backslash
+    (any other backslash is kept): ``--stop "\\n"`` stops at a newline in every shell, as the playground's stop box
+    does. The one convention for every flag that takes a stop string."""
+    return re.sub(r"\\([ntr\\])", lambda m: ESCAPES[m.group(1)], text)
 
 
 def check_finite(flag: str, value: float | None) -> None:

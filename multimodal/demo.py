@@ -44,10 +44,11 @@ from multimodal.checkpoint import (
     packaged_path,
 )
 from multimodal.cli import add_progress_flag, fail
-from multimodal.images import bar_chart_png, grid_png, to_pil
+from multimodal.images import bar_chart_png, gallery_png, grid_png, to_pil
 from multimodal.sampling import SamplingSettings
 
 DEMO_DIR = PACKAGED_DIR
+Section = tuple[str, str, str]  # (title, png, caption) of a figure on the page
 KINDS = ("clip", "dalle", "judge")
 # What `build` trains, in order: (name, config, export directory the config writes).
 RECIPES = [
@@ -212,13 +213,13 @@ def run_demo(
     models = load_demo_models(models_root)
     steps = tqdm(total=6, desc="demo", unit="step", disable=not progress, file=sys.stderr)
     scores: dict[str, float] = {}
-    sections: list[tuple[str, str, str]] = []  # (title, png, caption)
+    sections: list[Section | list[Section]] = []  # a list of sections: shown side by side
     for split, title in (("val", "seen colour-shape pairs"), ("heldout", "held-out pairs (never in training)")):
         ps = shapes_prompts(split, prompts, seed)
         r = generate_and_rerank(models, ps, candidates, seed)
         rows = [[to_pil(im) for im in r["images"][i]] for i in range(len(ps))]
-        # native 64-px cells: the page shows grids unscaled, so the 16-px captions stay 16 px
-        png = grid_png(rows, ps, out / f"dalle-{split}.png", scale=1, highlight=r["best"])
+        # native 64-px cells, captions above the rows: 16 samples and a 16-px caption fit a 1280-px page unscaled
+        png = grid_png(rows, ps, out / f"dalle-{split}.png", scale=1, highlight=r["best"], label_above=True)
         scores[f"DALL·E {split}: random sample"] = r["random_acc"]
         scores[f"DALL·E {split}: CLIP rerank {candidates}→1"] = r["rerank_acc"]
         sections.append(
@@ -230,15 +231,17 @@ def run_demo(
             )
         )
         steps.update(1)
+    panels = []  # the two CLIP splits side by side
     for split in ("val", "heldout"):
         z = zero_shot(models, split, zero_shot_images, seed)
         scores[f"CLIP zero-shot {split}"] = z["accuracy"]
-        png = grid_png(
-            [[im] for im in z["images"]],
-            [f"{p} ({'ok' if p == t else 'was ' + t})" for p, t in zip(z["pred"], z["truth"])],
+        png = gallery_png(
+            z["images"],
+            [f"{p}\n{'✓' if p == t else 'was ' + t}" for p, t in zip(z["pred"], z["truth"])],
             out / f"clip-{split}.png",
+            columns=4,
         )
-        sections.append(
+        panels.append(
             (
                 f"CLIP zero-shot, {split} images",
                 png.name,
@@ -247,6 +250,7 @@ def run_demo(
             )
         )
         steps.update(1)
+    sections.append(panels)
     grid = models["dalle"].config.image_grid
     c = evaluate_image_prompts(
         models["dalle"], models["judge"], "val", 4, 4, SamplingSettings(temperature=1.0, seed=seed), None, grid // 2,
@@ -272,8 +276,9 @@ def run_demo(
         language, gpt_scores = language_section(gpt, out, seed)
     steps.update(1)
     steps.close()
-    chart = bar_chart_png(scores, "Shapes world: judge / zero-shot accuracy", out / "scores.png")
-    write_html(out / "index.html", sections, chart.name, scores, time.perf_counter() - t0, language)
+    shown = {**scores, **gpt_scores}  # every score of the page in the top chart, the GPT's included
+    chart = bar_chart_png(shown, "Accuracy: judge (DALL·E), zero-shot (CLIP), exact match (GPT)", out / "scores.png")
+    write_html(out / "index.html", sections, chart.name, shown, time.perf_counter() - t0, language)
     return {
         "scores": {**scores, **gpt_scores},
         "seconds": round(time.perf_counter() - t0, 1),
@@ -281,35 +286,86 @@ def run_demo(
     }
 
 
+# Page style: no horizontal scrolling from 390 px (a phone) up; figures never wider than the page, shown at their
+# own size where they fit (the grids' captions stay at their drawn size on a 1280-px screen).
+PAGE_CSS = (
+    "*{box-sizing:border-box}"
+    "body{font-family:sans-serif;max-width:1280px;margin:1.5em auto;padding:0 16px;line-height:1.4}"
+    "img{max-width:100%;height:auto}"
+    ".row{display:flex;flex-wrap:wrap;gap:8px 40px;align-items:flex-start}.row>section{min-width:0;flex:0 1 auto}"
+    "table{border-collapse:collapse;max-width:100%}td,th{padding:3px 10px;text-align:left;vertical-align:top;"
+    "border-bottom:1px solid #ddd;overflow-wrap:anywhere}th{overflow-wrap:normal}"
+    "pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:0}"
+    "@media (max-width:600px){body{padding:0 8px}td,th{padding:2px 4px}}"
+)
+
+
+def _section(title: str, png: str, caption: str, level: int = 2) -> str:
+    return (
+        f"<section><h{level}>{html.escape(title)}</h{level}><p>{html.escape(caption)}</p>"
+        f"<img src='{png}' alt='{html.escape(title)}'></section>"
+    )
+
+
+def trained_table(trained: dict, megabytes: dict | None = None) -> str:
+    """``demo.json``'s record of how each demo model was trained, as a table (one row per model: its config, the
+    training run, its packaged size, the rest of the record as notes)."""
+    rows = []
+    for name, info in trained.items():
+        run = []
+        if "steps" in info:
+            run.append(f"{info['steps']} steps")
+        if isinstance(info.get("seconds"), (int, float)):
+            run.append(f"{info['seconds'] / 60:.0f} min")
+        if "threads" in info:
+            run.append(f"{info['threads']} thread{'' if info['threads'] == 1 else 's'}")
+        notes = [
+            f"{k.replace('_', ' ')}: "
+            + (", ".join(f"{s} {x}" for s, x in v.items()) if isinstance(v, dict) else str(v))
+            for k, v in info.items()
+            if k not in ("config", "steps", "seconds", "threads")
+        ]
+        cells = [
+            html.escape(name),
+            f"<code>{html.escape(str(info.get('config', '')))}</code>",
+            html.escape(", ".join(run)),
+            f"{megabytes[name]:g} MB" if name in (megabytes or {}) else "",
+            html.escape("; ".join(notes)),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("model", "config", "training", "packaged", "notes"))
+    return f"<table><tr>{head}</tr>" + "".join(rows) + "</table>"
+
+
 def write_html(
-    path: Path, sections: list[tuple[str, str, str]], chart: str, scores: dict, seconds: float, language: str = ""
+    path: Path, sections: list[Section | list[Section]], chart: str, scores: dict, seconds: float, language: str = ""
 ) -> None:
     info = DEMO_DIR / "demo.json"
-    trained = json.loads(info.read_text()) if info.is_file() else {}
+    record = json.loads(info.read_text()) if info.is_file() else {}
+    trained = record.get("trained", {})
     parts = [
-        "<!doctype html><meta charset='utf-8'><title>multimodal demo: the shapes world</title>",
-        "<style>body{font-family:sans-serif;max-width:1500px;margin:2em auto}img{max-width:100%}"
-        ".grid{overflow-x:auto}.grid img{max-width:none}"  # grids at their own size: captions readable
-        "td,th{padding:2px 10px;text-align:left}</style>",
+        "<!doctype html><meta charset='utf-8'><meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>multimodal demo: the shapes world</title><style>{PAGE_CSS}</style>",
         "<h1>GPT · DALL·E · CLIP on one backbone — the shapes world</h1>",
         "<p>Every model here was trained on a CPU on a synthetic world of coloured shapes, and is scored by an "
         "attribute judge against what each caption asked for. Held-out colour × shape pairs never appeared in "
         f"training. Made in {seconds:.0f} s.</p>",
-        f"<h2>Scores</h2><img src='{chart}' alt='scores'><table><tr><th>measure</th><th>accuracy</th></tr>",
+        f"<h2>Scores</h2><div class='row'><section><img src='{chart}' alt='scores'></section><section>"
+        "<table><tr><th>measure</th><th>accuracy</th></tr>",
         *(f"<tr><td>{html.escape(k)}</td><td>{100 * v:.1f}%</td></tr>" for k, v in scores.items()),
-        "</table>",
+        "</table></section></div>",
     ]
-    for title, png, caption in sections:
-        parts.append(
-            f"<h2>{html.escape(title)}</h2><p>{html.escape(caption)}</p>"
-            f"<div class='grid'><img src='{png}' alt='{html.escape(title)}'></div>"
-        )
+    for section in sections:
+        if isinstance(section, list):
+            parts.append("<div class='row'>" + "".join(_section(*s) for s in section) + "</div>")
+        else:
+            parts.append(_section(*section))
     if language:
         parts.append(language)
     if trained:
-        parts.append(
-            "<h2>How the demo models were trained</h2><pre>" + html.escape(json.dumps(trained, indent=2)) + "</pre>"
-        )
+        parts.append("<h2>How the demo models were trained</h2>" + trained_table(trained, record.get("megabytes")))
+        if record.get("command"):
+            parts.append(f"<p>Retrain and package them all with <code>{html.escape(record['command'])}</code>.</p>")
     path.write_text("\n".join(parts) + "\n")
 
 

@@ -9,7 +9,8 @@
   "longest" | "squash", interpolation, mean / std), built on torchvision's functional ops exactly as
   open_clip's transform is.
 - tensors <-> PIL (``to_tensor``, ``to_pil``, ``pil_batch``), ``image_grid`` / ``save_png`` (atomic, unique
-  temporary name), ``png_bytes`` (in memory), ``grid_png`` (labelled grid with frames), ``bar_chart_png``.
+  temporary name), ``png_bytes`` (in memory), ``grid_png`` (labelled grid with frames), ``gallery_png`` (labelled
+  images in columns), ``bar_chart_png``.
 """
 
 from __future__ import annotations
@@ -294,27 +295,64 @@ def grid_png(
     highlight: list[int] | None = None,
     header: list[str] | None = None,
     text_size: int = 16,
+    label_above: bool = False,
 ) -> Path:
-    """One row of images per label; ``highlight[r]`` gets a green frame (e.g. CLIP's pick)."""
+    """One row of images per label; ``highlight[r]`` gets a green frame (e.g. CLIP's pick).
+
+    ``label_above`` writes each label above its row instead of in a column on the left: a long caption then
+    costs height, not width (16 samples of 64 px fit a 1280-px page with their captions at full size)."""
     cell = rows[0][0].width * scale
     f = font(text_size)
     pad, top = 6, text_size + 8 if header else 0
     labels = [drawable(label[:64], f) for label in labels]
     header = [drawable(h, f) for h in header] if header else header
-    label_w = 20 + max(int(f.getlength(label)) for label in labels)
+    label_w = 0 if label_above else 20 + max(int(f.getlength(label)) for label in labels)
+    label_h = text_size + 8 if label_above else 0
     cols = max(len(r) for r in rows)
-    canvas = Image.new("RGB", (label_w + cols * (cell + pad) + pad, top + len(rows) * (cell + pad) + pad), "white")
+    row_h = label_h + cell + pad
+    canvas = Image.new("RGB", (label_w + cols * (cell + pad) + pad, top + len(rows) * row_h + pad), "white")
     draw = ImageDraw.Draw(canvas)
     for c, text in enumerate(header or []):
         draw.text((label_w + pad + c * (cell + pad), 2), text, fill="black", font=f)
     for r, (images, label) in enumerate(zip(rows, labels)):
-        y = top + pad + r * (cell + pad)
-        draw.text((pad, y + cell // 2 - text_size // 2), label, fill="black", font=f)
+        y = top + pad + r * row_h + label_h
+        if label_above:
+            draw.text((pad, y - label_h + 2), label, fill="black", font=f)
+        else:
+            draw.text((pad, y + cell // 2 - text_size // 2), label, fill="black", font=f)
         for c, im in enumerate(images):
             x = label_w + pad + c * (cell + pad)
             canvas.paste(im.resize((cell, cell), Image.Resampling.NEAREST), (x, y))
             if highlight is not None and highlight[r] == c:
                 draw.rectangle([x - 3, y - 3, x + cell + 2, y + cell + 2], outline=(0, 180, 0), width=3)
+    return save_png(canvas, path)
+
+
+def gallery_png(
+    images: list[Image.Image],
+    labels: list[str],
+    path: str | os.PathLike,
+    columns: int = 4,
+    scale: int = 2,
+    text_size: int = 14,
+) -> Path:
+    """Images in ``columns`` columns, each with its label (lines split at ``\\n``) underneath: a short list of
+    labelled images as a compact block instead of one tall column."""
+    f = font(text_size)
+    lines = [[drawable(t, f) for t in label.split("\n")] for label in labels]
+    cell = images[0].width * scale
+    pad, line_h = 8, text_size + 4
+    col_w = max([cell] + [int(f.getlength(t)) for ls in lines for t in ls]) + 2 * pad
+    row_h = cell + pad + line_h * max(len(ls) for ls in lines) + pad
+    rows = -(-len(images) // columns)
+    canvas = Image.new("RGB", (min(columns, len(images)) * col_w, rows * row_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (im, ls) in enumerate(zip(images, lines)):
+        x, y = (i % columns) * col_w, (i // columns) * row_h
+        canvas.paste(im.resize((cell, cell), Image.Resampling.NEAREST), (x + (col_w - cell) // 2, y + pad))
+        for j, text in enumerate(ls):
+            tx = x + (col_w - int(f.getlength(text))) // 2
+            draw.text((tx, y + pad + cell + 4 + j * line_h), text, fill="black", font=f)
     return save_png(canvas, path)
 
 

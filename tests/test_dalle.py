@@ -129,6 +129,7 @@ def test_init_from_gpt_copies_the_backbone():
         tiny_dalle(with_vae=False, width=64).load_gpt(gpt)
 
 
+@pytest.mark.filterwarnings("ignore:Found \\d+ module\\(s\\) in eval mode")  # the frozen dVAE, on purpose
 def test_module_trains_caches_codes_and_drops_captions(tmp_path):
     import lightning as L
 

@@ -1,9 +1,11 @@
 """The demo on tiny random models: it must run end to end, write a browsable page and report scores."""
 
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,11 +63,17 @@ def tiny_models(tmp_path_factory):
     return root
 
 
-def test_demo_writes_page_and_scores(tiny_models, tmp_path, capsys):
-    out = tmp_path / "demo"
-    code = main(["--models", str(tiny_models), "--out", str(out), "--prompts", "2", "--candidates", "2", "--json"])
+@pytest.fixture(scope="module")
+def demo_page(tiny_models, tmp_path_factory):
+    """The demo on the tiny models with 16 candidates per caption (the default page's widest grid)."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    args = ["--models", str(tiny_models), "--out", str(out), "--prompts", "2", "--candidates", "16", "--json"]
+    return out, main(args)
+
+
+def test_demo_writes_page_and_scores(demo_page, capsys):
+    out, code = demo_page
     assert code == 0
-    result = json.loads(capsys.readouterr().out)
     page = (out / "index.html").read_text()
     for png in (
         "dalle-val.png",
@@ -78,33 +86,117 @@ def test_demo_writes_page_and_scores(tiny_models, tmp_path, capsys):
     ):
         assert (out / png).stat().st_size > 0 and png in page
     # the language section: prompts at k = 0 and k = 4 with the GPT's answers
-    assert "GPT: in-context learning" in page and "lexicon" in page and 0 <= result["scores"]["GPT k=4"] <= 1
-    assert all(0.0 <= v <= 1.0 for v in result["scores"].values())
+    assert "GPT: in-context learning" in page and "lexicon" in page
+    table = page[page.index("<h2>Scores</h2>") : page.index("<h2>DALL·E")]
+    assert "GPT k=4" in table and "CLIP zero-shot heldout" in table  # every score in the top table and chart
+    for row in re.findall(r"<tr><td>[^<]+</td><td>([\d.]+)%</td></tr>", table):
+        assert 0 <= float(row) <= 100
+
+
+def test_demo_json_scores(tiny_models, tmp_path, capsys):
+    code = main(["--models", str(tiny_models), "--out", str(tmp_path), "--prompts", "1", "--candidates", "2", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert all(0.0 <= v <= 1.0 for v in result["scores"].values()) and 0 <= result["scores"]["GPT k=4"] <= 1
     assert {"CLIP zero-shot heldout", "DALL·E image-prompt completion"} <= set(result["scores"])
-    _check_grids_unscaled_in_chromium(out / "index.html")
 
 
-def _check_grids_unscaled_in_chromium(page_path: Path) -> None:
-    """Captions are drawn inside the grid PNGs at 16 px: the page must show every grid at its own size."""
+def test_how_trained_is_a_table():
+    from multimodal.demo import trained_table
+
+    html = trained_table(
+        {"vae": {"config": "configs/vae/shapes.yaml", "steps": 5000, "seconds": 2588, "psnr_db": {"val": 36.4}}},
+        {"vae": 1.5},
+    )
+    assert html.startswith("<table>") and "{" not in html  # no raw JSON
+    assert "<td>5000 steps, 43 min</td>" in html and "psnr db: val 36.4" in html and "1.5 MB" in html
+
+
+# -- the page in a browser: 1280 px (a laptop) and 390 px (a phone) -------------------------------------------
+
+
+def _chromium_page(path: Path, width: int, shots: dict[str, Path] | None = None) -> dict:
+    """Open ``path`` at ``width`` px in chromium: what overflows, where each image sits, screenshots of the
+    images named in ``shots`` (src -> file)."""
     from tests.test_serve import CHROMIUM
 
-    if not Path(CHROMIUM).exists():  # the page's HTML was checked above; in CI (.ci/run installs it) a failure
+    if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from playwright import sync_api
 
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"], headless=True)
         try:
-            page = browser.new_page(viewport={"width": 320, "height": 800})  # narrower than every grid
-            page.goto(page_path.as_uri())
-            sizes = page.eval_on_selector_all(
-                ".grid img", "els => els.map(e => [e.getAttribute('src'), e.naturalWidth, e.clientWidth])"
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.goto(path.as_uri())
+            page.wait_for_load_state("load")
+            facts = page.evaluate(
+                """() => ({
+                page: [document.documentElement.scrollWidth, document.documentElement.clientWidth],
+                scrollers: [...document.querySelectorAll('body *')].filter(e => e.scrollWidth > e.clientWidth + 1
+                    && ['auto', 'scroll'].includes(getComputedStyle(e).overflowX)).map(e => e.tagName),
+                images: [...document.images].map(e => ({src: e.getAttribute('src'), natural: e.naturalWidth,
+                    shown: e.clientWidth, right: e.getBoundingClientRect().right}))})"""
             )
+            for src, file in (shots or {}).items():
+                page.locator(f"img[src='{src}']").screenshot(path=str(file))
+            page.screenshot(path=str(path.parent / f"page-{width}.png"), full_page=True)
         finally:
             browser.close()
-    assert len(sizes) >= 5
-    for src, natural, shown in sizes:
-        assert natural > 0 and shown == natural, f"{src} shown {shown} px wide, drawn {natural} px"
+    return facts
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_page_never_scrolls_sideways(demo_page, width):
+    out, code = demo_page
+    assert code == 0
+    facts = _chromium_page(out / "index.html", width)
+    scroll, client = facts["page"]
+    assert scroll <= client, f"the page is {scroll} px wide in a {client} px window (see page-{width}.png)"
+    assert facts["scrollers"] == [], f"boxes that scroll sideways: {facts['scrollers']}"
+    for im in facts["images"]:
+        assert im["natural"] > 0, f"{im['src']} did not load"
+        assert im["right"] <= client, f"{im['src']} runs past the window ({im['right']} > {client})"
+        if width == 1280 and im["src"].startswith(("dalle-", "image-prompts", "clip-")):
+            # captions are drawn into the grids at 16 px: a laptop screen shows them at their own size
+            assert im["shown"] == im["natural"], f"{im['src']} shown {im['shown']} px wide, drawn {im['natural']}"
+
+
+def test_no_chart_line_hides_another(demo_page, tmp_path):
+    """The tiny GPT scores 0% on every task at every k: four equal curves. In the chart as the browser shows it,
+    each must keep its own visible line (its colour covers many pixels of the plot area), not one on top."""
+    from PIL import Image
+
+    from multimodal.gpt.fewshot import PALETTE
+
+    out, code = demo_page
+    assert code == 0
+    shot = tmp_path / "chart.png"
+    _chromium_page(out / "index.html", 1280, {"gpt-fewshot.png": shot})
+    plot = np.asarray(Image.open(shot).convert("RGB"), dtype=int)[45:424, 66:555]  # the plot area, no legend
+    tasks = len(re.findall(r"<td>(\w+)</td><td>0</td>", (out / "index.html").read_text()))
+    assert tasks == 4
+    for i, colour in enumerate(PALETTE[:tasks]):
+        pixels = int((np.abs(plot - np.array(colour)).max(axis=2) < 40).sum())
+        assert pixels > 300, f"series {i} (colour {colour}) has {pixels} visible pixels: hidden by another line"
+
+
+def test_plot_accuracy_keeps_equal_curves_apart(tmp_path):
+    """Drawn alone or among three equal curves, a curve keeps most of its pixels."""
+    from PIL import Image
+
+    from multimodal.gpt.fewshot import PALETTE, plot_accuracy
+
+    curve = {0: 0.0, 1: 0.5, 2: 0.5, 4: 0.9}
+
+    def visible(curves: dict, colour) -> int:
+        img = np.asarray(Image.open(plot_accuracy(curves, tmp_path / "c.png", "t")).convert("RGB"), dtype=int)
+        return int((np.abs(img[45:424, 66:555] - np.array(colour)).max(axis=2) < 40).sum())
+
+    alone = visible({"a": curve}, PALETTE[0])
+    together = {name: dict(curve) for name in "abc"}
+    for i in range(3):
+        assert visible(together, PALETTE[i]) > 0.5 * alone
 
 
 def test_missing_models_is_one_line_error(tmp_path, capsys):

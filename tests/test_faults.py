@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -66,6 +67,9 @@ def _record_steps(monkeypatch) -> list[tuple[int, float]]:
     return seen
 
 
+# resuming into the killed run's folder mid-epoch is the point: Lightning's two notices about it are expected
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
 def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(tmp_path, monkeypatch):
     from multimodal.train import main
 

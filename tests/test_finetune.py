@@ -62,8 +62,10 @@ def test_gradient_reaches_the_lm_head_only_through_l1():
 
 
 def _accuracy(model, rows):
+    was_training = model.training
     model.eval()
     preds = model.classify([t for t, _ in rows])
+    model.train(was_training)  # fine-tuning after this runs with dropout on, as it would without the measure
     names = model.config.labels
     return sum(names[p] == y for p, (_, y) in zip(preds, rows)) / len(rows)
 

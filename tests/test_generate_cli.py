@@ -86,3 +86,20 @@ def test_packaged_gpt_is_the_default_with_a_note(capsys):
     assert fewshot(["--tasks", "lexicon", "--n", "10", "--shots", "0,4", "--json", "--no-progress"]) == 0
     acc = json.loads(capsys.readouterr().out)["accuracy"]["lexicon"]
     assert acc["0"] == 0.0  # a held-out made-up word cannot be known without the prompt's examples
+
+
+def test_stop_backslash_n_is_a_newline(capsys):
+    """``--stop "\\n"`` (what a shell passes as a backslash and an n) stops at the end of the line, as the
+    playground's stop box does; ``\\\\`` is a backslash and other backslashes are kept."""
+    from multimodal.cli import unescape
+
+    assert unescape(r"\n") == "\n" and unescape(r"a\tb\r") == "a\tb\r" and unescape(r"\\n") == "\\n"
+    assert unescape(r"C:\path") == r"C:\path"
+    prompt = "salad => saladra\njacket => jacketra\nplant => plantra\nnight => nightra\ncircle =>"
+    args = [prompt, "--temperature", "0", "--max-tokens", "40", "--json"]
+    assert main([*args, "--stop", r"\n"]) == 0
+    stopped = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    free = json.loads(capsys.readouterr().out)
+    assert "\n" in free["completion"]  # without the stop the packaged GPT goes on to the next line
+    assert stopped["finish_reason"] == "stop" and stopped["completion"] == free["completion"].split("\n")[0]

@@ -87,8 +87,18 @@ def test_generate_never_cuts_a_prompt_that_fits(tiny_gpt):
     prompt = "x" * 30  # 30 byte tokens; the context is 32: room for 3 new tokens (the last is never fed back)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "cut from the left" warning
-        out = tiny_gpt.generate(prompt, max_new_tokens=20, temperature=0, stop_at_eot=False)
+        out = tiny_gpt.generate(prompt, max_tokens=20, temperature=0, stop_at_eot=False)
     assert not out.truncated_prompt and out.prompt_tokens == 30 and len(out.tokens) == 3
     with pytest.warns(UserWarning, match="cut from the left"):
-        longer = tiny_gpt.generate("y" * 40, max_new_tokens=4, temperature=0, stop_at_eot=False)
+        longer = tiny_gpt.generate("y" * 40, max_tokens=4, temperature=0, stop_at_eot=False)
     assert longer.truncated_prompt and len(longer.tokens) == 4
+
+
+def test_generate_takes_max_tokens_like_the_cli_and_the_service(tiny_gpt):
+    """One name everywhere: ``max_tokens`` (``--max-tokens``, the service's field); ``max_new_tokens`` still works
+    for old callers, with a DeprecationWarning."""
+    out = tiny_gpt.generate("ab", max_tokens=3, temperature=0, stop_at_eot=False)
+    assert len(out.tokens) == 3 and out.finish_reason == "length"
+    with pytest.warns(DeprecationWarning, match="use max_tokens"):
+        old = tiny_gpt.generate("ab", max_new_tokens=3, temperature=0, stop_at_eot=False)
+    assert old.tokens == out.tokens

@@ -78,8 +78,8 @@ def test_bad_files_are_one_line_errors_and_bombs_are_refused_from_the_header(tmp
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), "red").save(buf, format="PNG")
     (tmp_path / "cut.png").write_bytes(buf.getvalue()[:60])
-    for name, message in (("missing.png", "no such file"), ("text.png", "not a readable image"), ("cut.png", "")):
-        with pytest.raises(ImageError, match=message) as e:
+    for name, message in (("missing.png", "no such file"), ("text.png", "not a readable image"), ("cut.png", None)):
+        with pytest.raises(ImageError, match=message) as e:  # a cut file: any one-line message naming it
             open_image(tmp_path / name)
         assert "\n" not in str(e.value) and name in str(e.value)
     before = Image.MAX_IMAGE_PIXELS

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,8 @@ ENTRY_POINTS = {**SUBCOMMANDS, "multimodal.serve": "multimodal.serve.cli"}
 
 def readme_commands() -> list[list[str]]:
     """``python -m ...`` commands in the README's bash blocks and inline code, as argument lists."""
-    blocks = re.findall(r"```bash\n(.*?)```", README, re.S) + re.findall(r"`(python -m [^`]+)`", README)
+    inline = [c.replace("\n", " ") for c in re.findall(r"`(python -m [^`]+)`", README)]  # may wrap a line
+    blocks = re.findall(r"```bash\n(.*?)```", README, re.S) + inline
     commands = []
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():  # a trailing backslash continues the command
@@ -81,42 +85,6 @@ def test_the_resume_line_names_the_file_the_config_writes():
     assert "every_n_train_steps" in config
 
 
-def _red_circle(path: Path) -> Path:
-    from data.shapes import render
-
-    render([{"shape": "circle", "color": "red", "size": "large", "position": "center"}]).save(path)
-    return path
-
-
-def test_zeroshot_shapes_example_prints_what_the_readme_shows(tmp_path, capsys, monkeypatch):
-    from clip.zeroshot import main
-
-    shown = re.search(r"--labels \"red circle,blue square\" img.png[^\n]*\n# (img.png: .*)", README)
-    assert shown, "the README shows the output of the shapes zero-shot example"
-    monkeypatch.chdir(tmp_path)
-    _red_circle(tmp_path / "img.png")
-    assert main(["--model", "shapes", "--labels", "red circle,blue square", "img.png"]) == 0
-    out, err = capsys.readouterr()
-    pattern = r"img.png: red circle ([01]\.\d{3}), blue square ([01]\.\d{3})"
-    want, got = re.fullmatch(pattern, shown.group(1)), re.fullmatch(pattern, out.strip())
-    assert want and got, out
-    assert float(got.group(1)) > 0.9 and abs(float(got.group(1)) - float(want.group(1))) < 0.05
-    assert "knows only the synthetic shapes world" in err
-
-
-def test_zeroshot_json_example_has_the_shown_format(tmp_path, capsys, monkeypatch):
-    """The ViT-B-32 example downloads its weights; the same flags on the packaged model print the same form."""
-    from clip.zeroshot import main
-
-    shown = json.loads(re.search(r"\n# (\{\"image\": \"image.jpg\".*\})\n", README).group(1))
-    monkeypatch.chdir(tmp_path)
-    _red_circle(tmp_path / "image.jpg")
-    args = ["--model", "shapes", "--labels", "cat,dog", "--template", "a photo of a {}.", "--top-k", "1", "--json"]
-    assert main([*args, "image.jpg"]) == 0
-    got = json.loads(capsys.readouterr().out)
-    assert set(got) == set(shown) and got["image"] == shown["image"] and len(got["probs"]) == 1
-
-
 def test_dalle_sample_example_writes_dalle_png_in_the_working_directory(tmp_path, capsys, monkeypatch):
     from dalle.sample import main
 
@@ -147,3 +115,255 @@ def test_timings_say_where_they_were_measured():
     assert "measured on" in demo and re.search(r"\d+ s", demo), demo
     for claim in re.findall(r"[^.]*\bin about \d+ s(?:econds)?[^.]*", flat):
         assert "measured" in claim or "machine" in claim, claim
+
+
+# -- every quoted command runs ------------------------------------------------------------------------------------
+# Each command of the README either runs below, in a fresh folder holding the inputs it names, with its shown
+# output compared, or is skipped here with the reason (a training of minutes, a download, a server). A new command
+# in the README fails test_every_command_is_run_or_skipped_with_a_reason until it is placed in one of the two.
+
+SKIPPED = {  # command prefix -> why it is not run by the tests
+    "multimodal.demo build": "trains every demo model (hours)",
+    "multimodal.demo": "the demo on the packaged models takes 30 s to minutes; tests/test_demo.py runs it on tiny models",
+    "multimodal.train fit --config configs/gpt/tiny.yaml --print_config": "",  # run below
+    "multimodal.train fit --config configs/gpt/finetune-compare.yaml": "",  # run below (its missing checkpoint)
+    "multimodal.train": "a training run (1.5 to 45 minutes); tests/test_train_gpt.py trains tiny.yaml for 60 steps",
+    "multimodal.generate 12+35= --checkpoint runs/gpt-tiny/export": "needs the 1.5-minute tiny.yaml training run",
+    "multimodal.scaling": "trains or scores a sweep of GPTs (minutes)",
+    "multimodal.fewshot --checkpoint runs/": "needs the 20-minute configs/gpt/tasks*.yaml trainings",
+    "multimodal.serve": "a server: tests/test_serve.py runs it",
+    "clip.zeroshot --labels cat,dog image.jpg": "downloads ViT-B-32 weights",
+    "clip.zeroshot --model ViT-B-32": "needs ViT-B-32 weights (a download); its output format is compared below",
+    "clip.openclip import": "needs open_clip's ViT-B-16 weights (a download)",
+    "dalle.vae convert": "needs OpenAI's released dVAE pickles (a download)",
+    "dalle.vae tokenize --checkpoint runs/": "needs the 43-minute configs/vae/shapes.yaml run; run below with dalle",
+    "dalle.evaluate --markdown": "2 minutes per split on the packaged models",
+    "dalle.evaluate --checkpoint runs/": "needs the shapes configs' trainings (minutes to 45 minutes each)",
+    "dalle.evaluate --vae runs/": "needs the 43-minute configs/vae/shapes.yaml run",
+    "dalle.evaluate --vae dalle": "512 reconstructions per split (a minute)",
+    "dalle.evaluate": "",  # the bare module name in prose
+    "clip.evaluate --checkpoint clip": "",  # run below
+}
+
+
+def _skip_reason(command: list[str]) -> str | None:
+    line = shlex.join(command)
+    for prefix in sorted(SKIPPED, key=len, reverse=True):  # the longest prefix decides
+        if line.startswith(prefix):
+            return SKIPPED[prefix] or None
+    return None
+
+
+def _run(command: list[str], capsys) -> tuple[int, str, str]:
+    """``python -m MODULE ARGS`` in this process (the module's main); exit code, stdout, stderr."""
+    module, args = command[0], command[1:]
+    mod = importlib.import_module(ENTRY_POINTS.get(module, module))
+    try:
+        code = mod.main(args)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code or 0, out, err
+
+
+def _shown_output(command_text: str) -> str | None:
+    """The ``# ...`` line the README prints right under a command, if any."""
+    m = re.search(re.escape(command_text) + r"[^\n]*\n# ([^\n]*)", README)
+    return m.group(1) if m else None
+
+
+def _command(prefix: str) -> list[str]:
+    matches = [c for c in COMMANDS if shlex.join(c).startswith(prefix)]
+    assert matches, f"the README no longer quotes {prefix!r}"
+    return matches[0]
+
+
+def _gpt2(gpt2_dir: Path, where: Path) -> None:
+    (where / "path/to").mkdir(parents=True, exist_ok=True)
+    (where / "path/to/hf-gpt2").symlink_to(gpt2_dir, target_is_directory=True)
+
+
+def _write_red_circle(where: Path) -> None:
+    (where / "tests/data").mkdir(parents=True, exist_ok=True)
+    (where / "tests/data/red_circle.png").write_bytes((ROOT / "tests/data/red_circle.png").read_bytes())
+
+
+def _render(objects: list[dict], path: Path) -> None:
+    from data.shapes import render
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    render(objects).save(path)
+
+
+def _tiny_gpt_export(where: Path) -> None:
+    from multimodal.checkpoint import save_export
+    from multimodal.gpt import GPT, GPTConfig
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=257, context_length=64, backbone={"width": 32, "layers": 2, "heads": 4}))
+    save_export(model, where / "runs/gpt-tiny/export")
+
+
+def test_every_command_is_run_or_skipped_with_a_reason():
+    ran = {prefix for prefix, _ in RUNS}
+    for command in COMMANDS:
+        line = shlex.join(command)
+        if _skip_reason(command) is None:
+            assert any(line.startswith(p) for p in ran) or line.endswith(("--help", "--json")) or len(command) < 3, (
+                f"README command not run by tests/test_readme.py nor skipped with a reason: {line}"
+            )
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write_red_circle(tmp_path)
+    (tmp_path / "configs").symlink_to(ROOT / "configs", target_is_directory=True)
+    return tmp_path
+
+
+def test_gpt_examples(workdir, gpt2_dir, capsys):
+    """--stop "\n" stops at the end of the line; the Hugging Face GPT-2 examples run on a GPT-2 directory."""
+    # the shell's $'...' gives real newlines; shlex read it as '$...' with backslash-n: run what bash passes
+    command = _command("multimodal.generate '$salad => saladra")
+    prompt = command[1][1:].replace("\\n", "\n")
+    code, out, _ = _run(["multimodal.generate", prompt, *command[2:]], capsys)
+    assert code == 0 and command[command.index("--stop") + 1] == "\\n"
+    assert out.startswith(prompt) and "\n" not in out.rstrip("\n")[len(prompt) :]  # stopped at the line's end
+    _gpt2(gpt2_dir, workdir)
+    code, out, _ = _run(_command("multimodal.generate 'Once upon a time'"), capsys)
+    record = json.loads(out)
+    assert code == 0 and record["prompt"] == "Once upon a time" and "\n" not in record["completion"]
+    code, out, _ = _run(_command("multimodal.score 'the cat sat on the mat'"), capsys)
+    assert code == 0 and {"total_logprob", "perplexity"} <= set(json.loads(out))
+    code, out, _ = _run(_command("multimodal.generate 'sky = ciel"), capsys)
+    assert code == 0 and out.startswith("sky = ciel; dog = chien; cat = chat; dog =")
+
+
+def test_training_examples_that_run_in_seconds(workdir, capsys):
+    """``--print_config`` prints the resolved config; the fine-tuning config without its pre-trained GPT is the
+    one ``error:`` line and exit code 2 the README promises for a missing checkpoint."""
+    code, out, _ = _run(_command("multimodal.train fit --config configs/gpt/tiny.yaml --print_config"), capsys)
+    assert code == 0 and "default_root_dir: runs/gpt-tiny" in out and "class_path: multimodal.gpt.lm.GPTModule" in out
+    # as a user runs it (in-process, Lightning's log handler would write to an earlier test's closed stream)
+    command = _command("multimodal.train fit --config configs/gpt/finetune-compare.yaml")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, env=env, timeout=300)
+    code, err = r.returncode, r.stderr
+    errors = [line for line in err.splitlines() if line.strip() and not line.startswith("Seed set")]
+    assert code == 2 and errors == ["error: runs/gpt-tasks/export: no such file or directory"], err[-2000:]
+    assert "Traceback" not in err
+
+
+def test_clip_examples(workdir, capsys):
+    code, out, err = _run(_command("clip.zeroshot --model shapes"), capsys)
+    assert code == 0 and out.strip() == _shown_output("tests/data/red_circle.png   # the packaged demo model, offline")
+    # the ViT-B-32 example's output, in form: the same flags on the packaged model (its weights are a download)
+    vit = _command("clip.zeroshot --model ViT-B-32")
+    shown = json.loads(re.search(r"\n# (\{\"image\": \"image.jpg\".*?\})\s", README).group(1))
+    args = [a for a in vit[1:] if a not in ("ViT-B-32", "open_clip_weights.bin", "--checkpoint")]
+    _render([{"shape": "circle", "color": "red", "size": "large", "position": "center"}], workdir / "image.jpg")
+    code, out, _ = _run(["clip.zeroshot", "--model", "shapes", *args[1:]], capsys)
+    got = json.loads(out)
+    assert code == 0 and got["image"] == shown["image"] and len(got["probs"]) == len(shown["probs"]) == 1
+    for label, shape, color in (("red_circle", "circle", "red"), ("blue_square", "square", "blue")):
+        for i, position in enumerate(("center", "top left")):
+            obj = {"shape": shape, "color": color, "size": "large", "position": position}
+            _render([obj], workdir / "val_images" / label / f"{i}.png")
+    code, out, _ = _run(_command("clip.evaluate --checkpoint clip val_images/"), capsys)
+    assert code == 0 and json.loads(out)["zeroshot"]["top1"] == 1.0
+    assert (
+        _run(["data.shapes", "--out", "shards/", "--split", "val", "--count", "80", "--shard-size", "20"], capsys)[0]
+        == 0
+    )
+    code, out, _ = _run(_command("clip.evaluate --checkpoint clip --retrieval"), capsys)
+    assert code == 0 and "image to text: R@1" in out and "(80 pairs)" in out
+    # the shapes-world table's CLIP row: its command pair, on fewer images (the quoted 1000 take a minute)
+    shapes_cmd = _command("data.shapes --out shards/ --split heldout --count 1000")
+    count = shapes_cmd.index("--count") + 1
+    assert _run([*shapes_cmd[:count], "100", *shapes_cmd[count + 1 :]], capsys)[0] == 0
+    code, out, _ = _run(_command("clip.evaluate --checkpoint clip --labels shapes"), capsys)
+    assert code == 0 and out.startswith("zero-shot: top-1 ") and "(100 images, " in out
+    code, _, _ = _run(_command("multimodal.export --checkpoint clip --format open_clip"), capsys)
+    assert code == 0
+    (workdir / "exported-open-clip").symlink_to(workdir / "runs/clip-open-clip", target_is_directory=True)
+    _render([{"shape": "circle", "color": "red", "size": "large", "position": "center"}], workdir / "img.png")
+    code, out, _ = _run(_command("clip.zeroshot --checkpoint exported-open-clip/"), capsys)
+    assert code == 0 and out.startswith("img.png: ")
+
+
+def test_dalle_examples(workdir, capsys):
+    code, out, _ = _run(_command("dalle.sample 'a large red circle in the top left' --checkpoint dalle"), capsys)
+    result = json.loads(out)
+    assert code == 0 and (workdir / "grid.png").is_file() and len(result["images"]) == 4
+    # --out into folders that do not exist yet: created (checked writable before sampling)
+    code, out, _ = _run(
+        ["dalle.sample", "a red circle", "--num", "2", "--no-progress", "--out", "new/dir/g.png"], capsys
+    )
+    assert code == 0 and (workdir / "new/dir/g.png").is_file()
+    code, out, _ = _run(_command("dalle.sample 'a large red circle' --image-prompt"), capsys)
+    assert code == 0 and len(list((workdir / "samples").glob("*.png"))) >= 1
+    code, out, _ = _run(_command("dalle.vae reconstruct --checkpoint dalle"), capsys)
+    assert code == 0 and "dB" in out and (workdir / "recon.png").is_file()
+    # tokenize, through the DALL·E's tokenizer, the quoted train shards (fewer images in the same 20 shard names)
+    shapes_cmd = _command("data.shapes --out shards/ --split train")
+    count = shapes_cmd.index("--count") + 1
+    assert _run([*shapes_cmd[:count], "200", *shapes_cmd[count + 1 :], "--shard-size", "10"], capsys)[0] == 0
+    tokenize = _command("dalle.vae tokenize")
+    code, out, err = _run([*tokenize[:3], "dalle", *tokenize[4:]], capsys)
+    assert code == 0 and len(list((workdir / "codes").glob("*.tar"))) == 20, err
+    # the judge on DALL·E's drawings (image.png + image.txt)
+    (workdir / "generated").mkdir()
+    for i, png in enumerate(sorted((workdir / "samples").glob("*.png"))):
+        (workdir / "generated" / f"{i}.png").write_bytes(png.read_bytes())
+        (workdir / "generated" / f"{i}.txt").write_text("a large red circle")
+    code, out, _ = _run(_command("data.judge --checkpoint judge generated/"), capsys)
+    assert code == 0 and json.loads(out)["images"] == len(list((workdir / "samples").glob("*.png")))
+
+
+def test_data_shards_example(workdir, capsys):
+    for i, color in enumerate(("red", "blue")):
+        _render(
+            [{"shape": "circle", "color": color, "size": "large", "position": "center"}], workdir / f"images/{i}.png"
+        )
+    (workdir / "captions.csv").write_text("path,caption\n0.png,a red circle\n1.png,a blue circle\n")
+    code, out, err = _run(_command("data.shards --out shards/ --captions captions.csv images/"), capsys)
+    assert code == 0 and list((workdir / "shards").glob("*.tar")), err
+
+
+def test_fewshot_example(workdir, capsys):
+    """The packaged GPT on the in-context tasks (5 queries per task here: the default 100 take a minute)."""
+    code, out, _ = _run([*_command("multimodal.fewshot --tasks incontext"), "--n", "5"], capsys)
+    accuracy = json.loads(out)["accuracy"]
+    from data.tasks import GROUPS
+
+    assert code == 0 and (workdir / "acc.png").is_file() and set(accuracy) == set(GROUPS["incontext"])
+
+
+def test_export_examples(workdir, capsys):
+    _tiny_gpt_export(workdir)
+    code, _, err = _run(_command("multimodal.export --checkpoint runs/gpt-tiny/export --format hf"), capsys)
+    assert code == 0 and (workdir / "runs/gpt-hf/config.json").is_file(), err
+
+
+RUNS = [  # (command prefix, the test that runs it)
+    ("multimodal.generate '$salad", test_gpt_examples),
+    ("multimodal.generate 'Once upon a time'", test_gpt_examples),
+    ("multimodal.score 'the cat sat", test_gpt_examples),
+    ("multimodal.generate 'sky = ciel", test_gpt_examples),
+    ("multimodal.fewshot --tasks incontext", test_fewshot_example),
+    ("multimodal.train fit --config configs/gpt/tiny.yaml --print_config", test_training_examples_that_run_in_seconds),
+    ("multimodal.train fit --config configs/gpt/finetune-compare.yaml", test_training_examples_that_run_in_seconds),
+    ("clip.zeroshot --model shapes", test_clip_examples),
+    ("clip.zeroshot --checkpoint exported-open-clip/", test_clip_examples),
+    ("clip.evaluate", test_clip_examples),
+    ("data.shapes", test_clip_examples),
+    ("multimodal.export --checkpoint clip", test_clip_examples),
+    ("dalle.sample", test_dalle_examples),
+    ("dalle.vae reconstruct", test_dalle_examples),
+    ("dalle.vae tokenize", test_dalle_examples),
+    ("data.judge", test_dalle_examples),
+    ("data.shards", test_data_shards_example),
+    ("multimodal.export --checkpoint runs/gpt-tiny/export", test_export_examples),
+]

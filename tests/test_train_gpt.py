@@ -93,3 +93,31 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in r.stderr and "GLOBAL_RANK: 1, MEMBER: 2/2" in r.stderr, r.stderr[-2000:]
     losses = _val_losses(tmp_path)
     assert len(losses) == 2 and losses[-1] < losses[0] < 0.6 * 5.55  # ln(257) = 5.55: untrained (2.9, 2.7 measured)
+
+
+def test_a_run_prints_its_steps_and_no_notices(tmp_path):
+    """What a user sees: no LightningCLI "args parameter" warning, no tensorboardX notice, no litlogger tip, no
+    LeafSpec deprecation; the progress bar counts steps of max_steps (not ``Epoch 2/-2``) with no ``v_num``;
+    the CSV log lands under default_root_dir as before."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "multimodal.train",
+        "fit",
+        "--config",
+        str(ROOT / "configs/gpt/tiny.yaml"),
+        "--trainer.max_steps=12",
+        "--trainer.val_check_interval=6",
+        "--trainer.log_every_n_steps=4",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--model.init_args.config.backbone.width=32",
+        "--data.synthetic_docs=2000",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    text = r.stdout + r.stderr
+    assert r.returncode == 0, text[-3000:]
+    for noise in ("args parameter", "tensorboardX", "litlogger", "LeafSpec", "v_num", "Epoch ", "Warning"):
+        assert noise not in text, f"{noise!r} in the output:\n{text[-3000:]}"
+    assert "Steps" in text and "12/12" in text, text[-3000:]
+    assert (tmp_path / "lightning_logs/version_0/metrics.csv").is_file()

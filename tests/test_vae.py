@@ -224,6 +224,7 @@ def test_vq_straight_through_gradients_and_loss_terms():
         VAEConfig(quantizer="fsq")
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")  # train only
 def test_vq_training_restarts_dead_codes_and_learns(tmp_path):
     import lightning as L
 

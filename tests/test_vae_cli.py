@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,3 +104,17 @@ def test_help_lists_the_commands(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "reconstruct" in out and "tokenize" in out and "convert" in out
+
+
+def test_a_dalle_is_taken_for_its_tokenizer(tmp_path, capsys):
+    """``--checkpoint dalle`` (the packaged DALL·E) reconstructs through the DALL·E's own tokenizer, as
+    ``dalle.evaluate --vae dalle`` scores it; a model with no tokenizer is one error line."""
+    from dalle.vae.cli import main
+
+    image = Path(__file__).parent / "data/red_circle.png"
+    assert main(["reconstruct", "--checkpoint", "dalle", str(image), "--out", str(tmp_path / "r.png"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "r.png").is_file() and result["mean_psnr"] > 25
+    assert main(["reconstruct", "--checkpoint", "judge", str(image), "--out", str(tmp_path / "j.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1

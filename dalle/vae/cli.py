@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dalle.vae.model import DiscreteVAE, psnr
+from dalle.vae.model import DiscreteVAE, load_image_tokenizer, psnr
 from dalle.vae.openai import convert_openai_state, load_openai_state
 from data.shards import tar_damage
-from multimodal.checkpoint import CheckpointError, load_model, save_export
+from multimodal.checkpoint import CheckpointError, save_export
 from multimodal.cli import UsageError, fail, resolve_device, warn
 from multimodal.images import ImageError, image_grid, is_image_path, load_image, save_png
 
@@ -28,8 +28,7 @@ CODES_MEMBER = "codes.npy"
 
 
 def _load_vae(path: str, device: torch.device) -> DiscreteVAE:
-    model = load_model(path, kind="vae")
-    return model.to(device).eval()
+    return load_image_tokenizer(path).to(device).eval()
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -292,12 +291,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+TOKENIZER_HELP = "the image tokenizer: a dVAE export directory or Lightning .ckpt, or a DALL·E's own (e.g. dalle)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dalle.vae", description="DALL·E's discrete VAE: images <-> code ids.")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("reconstruct", help="encode and decode images; grid of originals above reconstructions, PSNR")
-    r.add_argument("--checkpoint", required=True, help="export directory or Lightning .ckpt of a 'vae' model")
+    r.add_argument("--checkpoint", required=True, help=TOKENIZER_HELP)
     r.add_argument("images", nargs="+", help="image files")
     r.add_argument("--out", required=True, help="grid PNG to write")
     r.add_argument("--size", type=int, default=None, help="resize/crop to this size (default: the model's image_size)")
@@ -309,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "tokenize", help="write copies of webdataset shards with each image's code ids ({key}.codes.npy)"
     )
-    t.add_argument("--checkpoint", required=True, help="export directory or Lightning .ckpt of a 'vae' model")
+    t.add_argument("--checkpoint", required=True, help=TOKENIZER_HELP)
     t.add_argument("--shards", nargs="+", required=True, help="tar shards: paths, globs or brace patterns {000..009}")
     t.add_argument("--out", required=True, help="directory for the new shards (same file names) and codes.json")
     t.add_argument("--size", type=int, default=None, help="resize/crop to this size (default: the model's image_size)")

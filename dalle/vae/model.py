@@ -396,3 +396,17 @@ def code_usage(counts: Tensor) -> tuple[float, float]:
     p = counts.double() / counts.sum().clamp_min(1)
     entropy = -(p * torch.log(p.clamp_min(1e-30))).sum()
     return float(entropy.exp()), float((counts > 0).double().mean())
+
+
+def load_image_tokenizer(path: str) -> DiscreteVAE:
+    """The image tokenizer at ``path``: a dVAE (export, ``.ckpt``, packaged name) or a DALL·E's own (``"dalle"``,
+    a DALL·E export), so every tool that takes a tokenizer takes a DALL·E too; a one-line ``CheckpointError`` for
+    anything else."""
+    from multimodal.checkpoint import CheckpointError, load_model
+
+    model = load_model(path, ("vae", "dalle"))
+    if isinstance(model, DiscreteVAE):
+        return model
+    if getattr(model, "vae", None) is None:
+        raise CheckpointError(f"{path}: this DALL·E carries no image tokenizer (dVAE)")
+    return model.vae

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import warnings
@@ -414,8 +415,47 @@ def format_table(report: dict, shots: Sequence[int], title: str | None = None) -
     return "\n".join(lines)
 
 
+# Series colours, markers and dash patterns (on, off in px; () = solid) of the accuracy charts, in order.
+PALETTE = [(40, 90, 180), (200, 60, 60), (40, 150, 70), (150, 80, 170), (220, 140, 30), (30, 160, 170)]
+MARKERS = ["circle", "square", "triangle", "diamond"]
+DASHES = [(), (12, 6), (4, 4), (14, 4, 3, 4)]
+SERIES_GAP = 4  # px between series drawn at the same value, so that no line hides another
+
+
+def _dashed(d, pts: list[tuple[float, float]], dash: tuple[int, ...], fill, width: int) -> None:
+    """A polyline with a dash pattern (Pillow draws only solid lines); the pattern runs on across vertices."""
+    if not dash:
+        d.line(pts, fill=fill, width=width, joint="curve")
+        return
+    pos, on = 0.0, 0  # distance into the pattern; index of the current segment of it
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        length, t = math.hypot(x1 - x0, y1 - y0), 0.0
+        while t < length:
+            step = min(dash[on] - pos, length - t)
+            if on % 2 == 0:
+                a, b = t / length, (t + step) / length
+                d.line([x0 + (x1 - x0) * a, y0 + (y1 - y0) * a, x0 + (x1 - x0) * b, y0 + (y1 - y0) * b], fill, width)
+            t, pos = t + step, pos + step
+            if pos >= dash[on]:
+                on, pos = (on + 1) % len(dash), 0.0
+
+
+def _marker(d, x: float, y: float, kind: str, fill, r: float = 5) -> None:
+    if kind == "square":
+        d.rectangle([x - r + 1, y - r + 1, x + r - 1, y + r - 1], fill=fill)
+    elif kind == "triangle":
+        d.polygon([(x, y - r - 1), (x - r, y + r - 1), (x + r, y + r - 1)], fill=fill)
+    elif kind == "diamond":
+        d.polygon([(x, y - r - 1), (x + r + 1, y), (x, y + r + 1), (x - r - 1, y)], fill=fill)
+    else:
+        d.ellipse([x - r + 1, y - r + 1, x + r - 1, y + r - 1], fill=fill)
+
+
 def plot_accuracy(curves: dict[str, dict[int, float]], path: str | Path, title: str) -> Path:
-    """Accuracy against k (one line per curve: a model size or a task), drawn with Pillow."""
+    """Accuracy against k (one line per curve: a model size or a task), drawn with Pillow.
+
+    Curves often coincide (every task at 0% for k = 0): each has its own colour, marker and dash pattern and is
+    drawn ``SERIES_GAP`` px apart from the others (up and right by its index), so every line stays visible."""
     from PIL import Image, ImageDraw
 
     from multimodal.images import font, save_png
@@ -423,7 +463,7 @@ def plot_accuracy(curves: dict[str, dict[int, float]], path: str | Path, title: 
     W, H, left, right, top, bottom = 760, 480, 70, 210, 50, 60
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
-    f, small = font(15), font(13)
+    f, small = font(16), font(14)
     ks = sorted({k for c in curves.values() for k in c})
     x_hi = max(max(ks), 1)
 
@@ -434,24 +474,25 @@ def plot_accuracy(curves: dict[str, dict[int, float]], path: str | Path, title: 
     for i in range(6):
         _, y = px(0, i / 5)
         d.line([left, y, W - right, y], fill=(225, 225, 225))
-        d.text((left - 40, y - 7), f"{20 * i}%", fill="black", font=small)
+        d.text((left - 48, y - 8), f"{20 * i}%", fill="black", font=small)
     for k in ks:
         x, _ = px(k, 0)
         d.line([x, H - bottom, x, H - bottom + 5], fill="black")
         d.text((x - 4, H - bottom + 8), str(k), fill="black", font=small)
-    palette = [(40, 90, 180), (200, 60, 60), (40, 150, 70), (150, 80, 170), (220, 140, 30), (30, 160, 170)]
     for i, (name, curve) in enumerate(curves.items()):
-        colour = palette[i % len(palette)]
-        pts = [px(k, curve[k]) for k in sorted(curve)]
+        colour, marker, dash = PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)], DASHES[i % len(DASHES)]
+        shift = i * SERIES_GAP  # up and right: the first curve sits on its values, none below the axis
+        pts = [(x + shift, y - shift) for x, y in (px(k, curve[k]) for k in sorted(curve))]
         if len(pts) > 1:
-            d.line(pts, fill=colour, width=3)
+            _dashed(d, pts, dash, colour, 3)
         for x, y in pts:
-            d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
-        ly = top + 10 + 22 * i
-        d.line([W - right + 15, ly + 8, W - right + 40, ly + 8], fill=colour, width=3)
-        d.text((W - right + 46, ly), name[:22], fill="black", font=small)
+            _marker(d, x, y, marker, colour)
+        ly = top + 10 + 24 * i
+        _dashed(d, [(W - right + 12, ly + 9), (W - right + 52, ly + 9)], dash, colour, 3)
+        _marker(d, W - right + 32, ly + 9, marker, colour)
+        d.text((W - right + 58, ly), name[:20], fill="black", font=small)
     d.text((left, 16), title, fill="black", font=f)
-    d.text((left + (W - left - right) // 2 - 80, H - 30), "examples in the prompt (k)", fill="black", font=f)
+    d.text((left + (W - left - right) // 2 - 100, H - 32), "examples in the prompt (k)", fill="black", font=f)
     return save_png(img, path)
 
 

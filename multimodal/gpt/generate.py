@@ -14,7 +14,7 @@ import warnings
 import torch
 
 from multimodal.checkpoint import CheckpointError
-from multimodal.cli import UsageError, add_device_flag, add_precision_flag, fail
+from multimodal.cli import UsageError, add_device_flag, add_precision_flag, fail, unescape
 from multimodal.gpt.model import load_cli_models
 
 DEFAULT_MAX_TOKENS = 64
@@ -50,7 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=int, default=None, help="seed for reproducible sampling (any integer, taken mod 2**64)"
     )
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not included in the output")
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        type=unescape,
+        help=r"stop string (repeatable), not included in the output; \n \t \r \\ are a newline, tab, return, "
+        r'backslash: --stop "\n" stops at the end of the line',
+    )
     p.add_argument("--num", type=int, default=1, help="number of samples (seeds seed, seed+1, …)")
     add_device_flag(p)
     add_precision_flag(p)

@@ -256,7 +256,7 @@ class GPT(nn.Module):
     def generate(
         self,
         prompt: str,
-        max_new_tokens: int = 64,
+        max_tokens: int = 64,
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
@@ -264,8 +264,11 @@ class GPT(nn.Module):
         stop: Sequence[str] = (),
         stop_at_eot: bool = True,
         document_start: bool = True,
+        max_new_tokens: int | None = None,
     ) -> Generation:
-        """Continue ``prompt``; stops at a stop string (excluded from the text), end-of-text, or length.
+        """Continue ``prompt`` by at most ``max_tokens`` new tokens (the name of ``--max-tokens`` and of the
+        service's ``max_tokens``; ``max_new_tokens`` is its deprecated alias); stops at a stop string (excluded
+        from the text), end-of-text, or length.
 
         ``document_start``: the prompt follows the end-of-text token, GPT-2's document separator, as in ``score``
         and ``fewshot``: the model reads it as the start of a document, not as text cut from the middle of one
@@ -273,13 +276,19 @@ class GPT(nn.Module):
         when the prompt fills the room the context leaves.
 
         A prompt that fits the context is never cut: at most the tokens that fit after it are generated
-        (``finish_reason`` "length" when that is fewer than ``max_new_tokens``). Only a prompt longer than the
+        (``finish_reason`` "length" when that is fewer than ``max_tokens``). Only a prompt longer than the
         context is cut from the left (with a warning).
         """
+        if max_new_tokens is not None:
+            warnings.warn(
+                "GPT.generate: max_new_tokens is deprecated; use max_tokens", DeprecationWarning, stacklevel=2
+            )
+            max_tokens = max_new_tokens
         tok = self._require_tokenizer()
         n_ctx = self.config.context_length
+        max_new_tokens = max_tokens
         if max_new_tokens >= n_ctx:
-            warnings.warn(f"max_new_tokens {max_new_tokens} capped at {n_ctx - 1} (the context)", stacklevel=2)
+            warnings.warn(f"max_tokens {max_new_tokens} capped at {n_ctx - 1} (the context)", stacklevel=2)
             max_new_tokens = n_ctx - 1
         ids = tok.encode(prompt) or [tok.eot_id]
         fits = n_ctx + 1 - len(ids)  # new tokens that fit after the whole prompt (the last one is never fed back)

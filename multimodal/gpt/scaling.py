@@ -192,12 +192,14 @@ def _fmt(v: float) -> str:
 
 def plot_png(runs: list[Run], fit: tuple[float, float] | None, path: Path, title: str) -> None:
     """Log-log scatter + fitted line drawn with Pillow (no matplotlib in the suite's dependencies)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    W, H, left, right, top, bottom = 800, 560, 90, 30, 50, 70
+    from multimodal.images import font as make_font
+
+    W, H, left, right, top, bottom = 800, 560, 90, 30, 64, 70
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
+    font, big = make_font(15), make_font(17)  # PIL's 10-px bitmap default is unreadable on a page
     xs = [math.log10(r.params) for r in runs]
     ys = [math.log10(r.val_loss) for r in runs]
     x_lo, x_hi = min(xs) - 0.15, max(xs) + 0.15
@@ -215,7 +217,7 @@ def plot_png(runs: list[Run], fit: tuple[float, float] | None, path: Path, title
         x, _ = px(math.log10(t), y_lo)
         d.line([x, top, x, H - bottom], fill=(225, 225, 225))
         d.line([x, H - bottom, x, H - bottom + 5], fill="black")
-        d.text((x - 12, H - bottom + 8), _fmt(t), fill="black", font=font)
+        d.text((x - 14, H - bottom + 8), _fmt(t), fill="black", font=font)
     y_ticks = _log_ticks(y_lo, y_hi)
     if len(y_ticks) < 3:  # a narrow loss range: ticks at round linear values instead
         step = 10 ** math.floor(math.log10((10**y_hi - 10**y_lo) / 4))
@@ -228,7 +230,7 @@ def plot_png(runs: list[Run], fit: tuple[float, float] | None, path: Path, title
         _, y = px(x_lo, math.log10(t))
         d.line([left, y, W - right, y], fill=(225, 225, 225))
         d.line([left - 5, y, left, y], fill="black")
-        d.text((left - 45, y - 5), f"{t:.3g}", fill="black", font=font)
+        d.text((left - 50, y - 9), f"{t:.3g}", fill="black", font=font)
     if fit is not None:
         a, alpha = fit
         pts = [px(lx, math.log10(a) - alpha * lx) for lx in (x_lo, x_hi)]
@@ -250,10 +252,10 @@ def plot_png(runs: list[Run], fit: tuple[float, float] | None, path: Path, title
     for i in order:
         x, y = px(xs[i], ys[i])
         d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=(40, 90, 180))
-        d.text((x + 7, y - 14), runs[i].name, fill="black", font=font)
-    d.text((left, 18), title, fill="black", font=font)
-    d.text(((W - left) // 2, H - 25), "non-embedding parameters N (log)", fill="black", font=font)
-    d.text((8, top - 20), "validation loss (nats/token, log)", fill="black", font=font)
+        d.text((x + 8, y - 20), runs[i].name, fill="black", font=font)
+    d.text((left, 10), title, fill="black", font=big)
+    d.text(((W - left) // 2 - 40, H - 30), "non-embedding parameters N (log)", fill="black", font=font)
+    d.text((8, top - 24), "validation loss (nats/token, log)", fill="black", font=font)
     img.save(path)
 
 
