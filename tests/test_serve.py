@@ -15,67 +15,23 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
+import openai
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
 from multimodal.serve.engine import Event
-
-httpx = pytest.importorskip("httpx")
-openai = pytest.importorskip("openai")
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
+from tests.serve_helpers import Server, free_port
 
 KEY = "sk-test-0123456789"
 CHROMIUM = "/usr/bin/chromium"
 CONTEXT = 2048
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python -m multimodal.serve`` in a subprocess, on a free loopback port."""
-
-    def __init__(self, args: list[str], log: Path, env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        extra, env = env or {}, dict(os.environ)
-        env.pop("MULTIMODAL_API_KEYS", None)  # keys come only from what the test gives
-        env.update(extra)
-        cmd = [sys.executable, "-m", "multimodal.serve", "--port", str(self.port), "--threads", "1", *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env)
-
-    def wait(self, timeout: float = 90) -> Server:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server did not start: {self.log.read_text()}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -722,7 +678,8 @@ def test_metrics_in_prometheus_text_format(server, client):
 def test_lm_eval_local_completions_gives_fewshot_loglikelihoods(gpt2_dir, tmp_path, monkeypatch):
     """lm-evaluation-harness's ``local-completions`` model pointed at the server: its log-likelihoods are
     ``multimodal.fewshot``'s (both condition on end-of-text, the document start), within 1e-4."""
-    pytest.importorskip("lm_eval")
+    import lm_eval  # noqa: F401  (the [test] extra installs it)
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from lm_eval.api.instance import Instance
     from lm_eval.models.openai_completions import LocalCompletionsAPI
@@ -752,7 +709,8 @@ def test_lm_eval_local_completions_gives_fewshot_loglikelihoods(gpt2_dir, tmp_pa
 # -- the playground page in a real browser ---------------------------------------------------------------
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)")
 def test_playground_page_in_chromium(server, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api
+
     png = tmp_path / "red.png"
     png.write_bytes(shape_png())
     labels = ["red circle", "blue square", "green star"]
