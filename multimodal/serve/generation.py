@@ -8,7 +8,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -196,3 +196,31 @@ def sse(data: dict | str) -> str:
 def error_chunk(event: Event) -> str:
     code = "server_shutdown" if event.error == SHUTDOWN else None
     return sse(APIError(503 if code else 500, event.error, code=code).body())
+
+
+async def stream_events(
+    run: Generation,
+    meta: dict,
+    choice_of: Callable[[int, Event], dict],
+    include_usage: bool,
+    opening: Sequence[dict] = (),
+) -> AsyncIterator[str]:
+    """Server-sent events of a run, shared by completions and chat: the ``opening`` choices, then one chunk per
+    released piece of a choice (``choice_of`` gives its route's shape), the last with ``finish_reason``, the usage
+    when asked, then ``data: [DONE]``. An engine error or shutdown is an error chunk. Leaving early (the client
+    went away) cancels every choice, freeing their slots."""
+    try:
+        for choice in opening:
+            yield sse({**meta, "choices": [choice]})
+        async for index, event in run.events():
+            if event.error:
+                yield error_chunk(event)
+                continue
+            if not event.text and not event.tokens and event.finish_reason is None:
+                continue
+            yield sse({**meta, "choices": [choice_of(index, event)]})
+        if include_usage:
+            yield sse({**meta, "choices": [], "usage": run.usage()})
+        yield sse("[DONE]")
+    finally:
+        run.cancel()

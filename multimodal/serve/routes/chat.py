@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from multimodal.serve.chat import TemplateError, normalise
-from multimodal.serve.generation import Generation, check_fits, check_params, error_chunk, sse
+from multimodal.serve.generation import Generation, check_fits, check_params, stream_events
 from multimodal.serve.protocol import APIError, ChatRequest
 from multimodal.serve.service import in_range, service_of
 
@@ -102,34 +102,20 @@ def content_logprobs(tokens, k: int) -> list[dict]:
     ]
 
 
-async def stream(run: Generation, meta: dict, want_logprobs: bool, k: int, include_usage: bool) -> AsyncIterator[str]:
+def stream(run: Generation, meta: dict, want_logprobs: bool, k: int, include_usage: bool) -> AsyncIterator[str]:
     """``chat.completion.chunk`` events: each choice opens with its role, then content deltas, then a delta
-    with its ``finish_reason``; ``data: [DONE]`` last. Errors and shutdown are an error chunk."""
-    meta = {**meta, "object": "chat.completion.chunk"}
-    try:
-        for i in range(len(run.choices)):
-            opening = {
-                "index": i,
-                "delta": {"role": "assistant", "content": ""},
-                "logprobs": None,
-                "finish_reason": None,
-            }
-            yield sse({**meta, "choices": [opening]})
-        async for index, event in run.events():
-            if event.error:
-                yield error_chunk(event)
-                continue
-            if not event.text and not event.tokens and event.finish_reason is None:
-                continue
-            choice = {
-                "index": index,
-                "delta": {"content": event.text} if event.text else {},
-                "logprobs": {"content": content_logprobs(event.tokens, k)} if want_logprobs else None,
-                "finish_reason": event.finish_reason,
-            }
-            yield sse({**meta, "choices": [choice]})
-        if include_usage:
-            yield sse({**meta, "choices": [], "usage": run.usage()})
-        yield sse("[DONE]")
-    finally:
-        run.cancel()
+    with its ``finish_reason``; ``data: [DONE]`` last (``stream_events``). Errors and shutdown are an error chunk."""
+
+    def choice_of(index: int, event) -> dict:
+        return {
+            "index": index,
+            "delta": {"content": event.text} if event.text else {},
+            "logprobs": {"content": content_logprobs(event.tokens, k)} if want_logprobs else None,
+            "finish_reason": event.finish_reason,
+        }
+
+    opening = [
+        {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        for i in range(len(run.choices))
+    ]
+    return stream_events(run, {**meta, "object": "chat.completion.chunk"}, choice_of, include_usage, opening)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from multimodal.serve.generation import Generation, check_fits, check_params, error_chunk, sse
+from multimodal.serve.generation import Generation, check_fits, check_params, stream_events
 from multimodal.serve.protocol import APIError, CompletionRequest
 from multimodal.serve.service import Limits, service_of
 
@@ -124,26 +124,15 @@ def logprobs_of(tokens) -> dict:
     }
 
 
-async def stream(run: Generation, meta: dict, want_logprobs: bool, include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events: one chunk per released piece of a choice, its last with ``finish_reason``, then
-    ``data: [DONE]``. An engine error or shutdown is an error chunk. Leaving early (the client went away)
-    cancels every choice, freeing their slots."""
-    try:
-        async for index, event in run.events():
-            if event.error:
-                yield error_chunk(event)
-                continue
-            if not event.text and not event.tokens and event.finish_reason is None:
-                continue
-            choice = {
-                "text": event.text,
-                "index": index,
-                "logprobs": logprobs_of(event.tokens) if want_logprobs else None,
-                "finish_reason": event.finish_reason,
-            }
-            yield sse({**meta, "choices": [choice]})
-        if include_usage:
-            yield sse({**meta, "choices": [], "usage": run.usage()})
-        yield sse("[DONE]")
-    finally:
-        run.cancel()
+def stream(run: Generation, meta: dict, want_logprobs: bool, include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events (``text_completion`` chunks): ``stream_events`` with a completion's choice shape."""
+
+    def choice_of(index: int, event) -> dict:
+        return {
+            "text": event.text,
+            "index": index,
+            "logprobs": logprobs_of(event.tokens) if want_logprobs else None,
+            "finish_reason": event.finish_reason,
+        }
+
+    return stream_events(run, meta, choice_of, include_usage)
