@@ -30,13 +30,18 @@ class ClipLoss(nn.Module):
         super().__init__()
         self.local_loss = local_loss
 
-    def forward(self, image: Tensor, text: Tensor, logit_scale: Tensor) -> Tensor:
-        """``image, text [B, E]`` (normalised) and ``logit_scale`` (already exponentiated) → scalar loss."""
+    def forward(self, image: Tensor, text: Tensor, logit_scale: Tensor, hard_negatives: Tensor | None = None) -> Tensor:
+        """``image, text [B, E]`` (normalised) and ``logit_scale`` (already exponentiated) → scalar loss.
+
+        ``hard_negatives [M, E]``: extra captions (this rank's) that every image must rank below its own, added
+        to the image → text side only, as in NegCLIP (Yuksekgonul et al., 2023).
+        """
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if world == 1:
             logits = logit_scale * image @ text.t()  # [B, B]
             labels = torch.arange(image.shape[0], device=image.device)
-            return (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.t().float(), labels)) / 2
+            logits_i = _with_negatives(logits, image, hard_negatives, logit_scale)  # [B, B + M]
+            return (F.cross_entropy(logits_i.float(), labels) + F.cross_entropy(logits.t().float(), labels)) / 2
         all_image, all_text = gather_features(image, text)  # [N, E]
         if self.local_loss:
             logits_i = logit_scale * image @ all_text.t()  # [B, N]
@@ -46,7 +51,17 @@ class ClipLoss(nn.Module):
             logits_i = logit_scale * all_image @ all_text.t()  # [N, N]
             logits_t = logits_i.t()
             labels = torch.arange(all_image.shape[0], device=image.device)
+            if hard_negatives is not None:
+                raise ValueError("hard negatives across ranks need local_loss=True (each rank scores its own)")
+        logits_i = _with_negatives(logits_i, image, hard_negatives, logit_scale)
         return (F.cross_entropy(logits_i.float(), labels) + F.cross_entropy(logits_t.float(), labels)) / 2
+
+
+def _with_negatives(logits: Tensor, image: Tensor, negatives: Tensor | None, logit_scale: Tensor) -> Tensor:
+    """Image → text logits ``[B, N]`` with one column per hard-negative caption appended ``[B, N + M]``."""
+    if negatives is None or negatives.shape[0] == 0:
+        return logits
+    return torch.cat([logits, logit_scale * image @ negatives.t()], dim=1)
 
 
 def contrastive_accuracy(image: Tensor, text: Tensor) -> Tensor:

@@ -60,12 +60,16 @@ class CLIPModule(ModelModule):
         zeroshot_templates: list[str] | None = None,
         val_names: list[str] | None = None,
         init_text_from: str | None = None,
+        hard_negatives: bool = False,
     ) -> None:
         """``vision`` / ``text``: fields of ``clip.model.VisionConfig`` / ``TextConfig``.
 
         ``zeroshot_labels``: "shapes" (the 48 colour × shape pairs; ground truth from the one-object
         images' json) or an explicit list whose ground truth is each sample's caption; None disables it.
         ``val_names``: a name per validation dataloader for the logged metrics (default val, heldout, ...).
+        ``hard_negatives``: each two-object caption also brings its attribute swaps (``data.shapes.swapped_captions``:
+        colours, shapes, relation or positions exchanged) as extra negatives for its image, so the text tower must
+        bind each attribute to its object instead of reading a bag of words.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -90,11 +94,21 @@ class CLIPModule(ModelModule):
     # -- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         image, text, scale = self.model(batch["image"], batch["text"])
-        loss = self.loss(image, text, scale)
+        negatives = self._hard_negatives(batch["caption"]) if self.hparams.hard_negatives else None
+        loss = self.loss(image, text, scale, negatives)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", scale.detach())
         self.log("train/batch_acc", contrastive_accuracy(image.detach(), text.detach()), prog_bar=True)
         return loss
+
+    def _hard_negatives(self, captions: list[str]) -> Tensor | None:
+        """Text features ``[M, E]`` of every attribute swap of the batch's captions (None when there are none)."""
+        from data.shapes import swapped_captions
+
+        texts = [t for c in captions for t in swapped_captions(c).values()]
+        if not texts:
+            return None
+        return self.model.encode_text(self.model.tokenize(texts).to(self.device))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         with torch.no_grad():  # CLIP clamps the temperature so logits stay ≤ 100

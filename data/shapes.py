@@ -297,6 +297,47 @@ def parse_caption(text: str) -> list[dict]:
     return objs
 
 
+# What a swap of attributes between the two objects of a caption changes; each keeps the caption's words
+# and only their binding, so a bag-of-words text encoder cannot tell the pair apart.
+SWAPS: tuple[str, ...] = ("color", "shape", "relation", "position")
+_FLIP = {"above": "below", "below": "above", "to the left of": "to the right of", "to the right of": "to the left of"}
+
+
+def swapped_captions(text: str) -> dict[str, str]:
+    """The hard negatives of a two-object caption: ``{swap kind: caption}`` for each kind of ``SWAPS`` that
+    changes it ("a red circle above a blue square" -> color: "a blue circle above a red square", shape:
+    "a red square above a blue circle", relation: "a red circle below a blue square"). Captions that do not
+    name two objects give ``{}``."""
+    t = " ".join(text.lower().replace(",", " ").split())
+    found = list(_OBJ_RE.finditer(t))
+    if len(found) != 2:
+        return {}
+    objs = [{k: m[k] for k in ("size", "color", "shape", "position")} for m in found]
+    out = {}
+    for kind in ("color", "shape", "position"):
+        if objs[0][kind] and objs[1][kind] and objs[0][kind] != objs[1][kind]:
+            swapped = [dict(o) for o in objs]
+            swapped[0][kind], swapped[1][kind] = objs[1][kind], objs[0][kind]
+            out[kind] = _respell(t, found, swapped)
+    rel = _REL_RE.search(t, found[0].end(), found[1].start())
+    if rel:
+        out["relation"] = t[: rel.start()] + _FLIP[rel[1]] + t[rel.end() :]
+    return {k: out[k] for k in SWAPS if k in out}
+
+
+def _respell(text: str, spans: list[re.Match], objs: list[dict]) -> str:
+    """``text`` with each matched object phrase rewritten from ``objs``, its article agreeing."""
+    pieces, last = [], 0
+    for m, o in zip(spans, objs):
+        words = " ".join(w for w in (o["size"], o["color"], o["shape"]) if w)
+        phrase = words + (f" in the {o['position']}" if o["position"] else "")
+        head = text[last : m.start()]
+        head = re.sub(r"\b(a|an) $", _article(words) + " ", head)
+        pieces += [head, phrase]
+        last = m.end()
+    return "".join(pieces) + text[last:]
+
+
 # ---------------------------------------------------------------------------------------------
 # Shards
 
