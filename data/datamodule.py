@@ -18,376 +18,49 @@ and are cut with ``with_epoch`` so that **every rank yields exactly the same num
 
 A corrupt member (truncated image, missing caption, damaged tar) is skipped with a warning and
 counted: ``dm.skipped`` (shared with the workers).
+
+This module holds the DataModules; the pieces live by job in ``data.sources`` (shard URLs, sample counts),
+``data.decode`` (sample -> tensors, rows -> batch) and ``data.stream`` (the per-rank, per-worker stream), and
+every name stays importable from here (configs name ``data.datamodule.ShapesDataModule``).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
 import multiprocessing as mp
-import random
-import re
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-import webdataset as wds
-from PIL import Image
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
-from multimodal.images import ImageError, open_image
+# the pieces, by job; re-exported here because configs and callers name them as data.datamodule.*
+from data.decode import CLIP_MEAN, CLIP_STD, IMAGE_EXTS, NORMALIZE, TEXT_EXTS, Collate, Decoder
+from data.sources import count_samples, expand_urls
+from data.stream import ShardStream, SizedLoader, SplitByNode, rank_info
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "IMAGE_EXTS",
+    "NORMALIZE",
+    "TEXT_EXTS",
+    "Collate",
+    "Decoder",
+    "ImageTextDataModule",
+    "ShapesDataModule",
+    "ShardStream",
+    "SizedLoader",
+    "SplitByNode",
+    "count_samples",
+    "expand_urls",
+    "rank_info",
+]
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
-TEXT_EXTS = ("txt", "text", "caption")
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip OPENAI_DATASET_MEAN / STD
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-NORMALIZE = ("clip", "unit", "signed")
-
-
-def expand_urls(urls: str | list[str]) -> list[str]:
-    """``a-{000..009}.tar::b.tar`` or a list -> a flat list of shard URLs (local globs expanded too)."""
-    import braceexpand
-
-    items = urls if isinstance(urls, (list, tuple)) else str(urls).split("::")
-    out: list[str] = []
-    for item in items:
-        for u in braceexpand.braceexpand(str(item)):
-            if not re.match(r"^(https?|pipe|gs|s3):", u) and any(c in u for c in "*?["):
-                out.extend(sorted(str(p) for p in Path().glob(u)) if not Path(u).is_absolute() else _abs_glob(u))
-            elif not re.match(r"^[a-z0-9]+:", u) and Path(u).is_dir():
-                out.extend(sorted(str(p) for p in Path(u).glob("*.tar")))
-            else:
-                out.append(u)
-    return out
-
-
-def _abs_glob(pattern: str) -> list[str]:
-    p = Path(pattern)
-    return sorted(str(x) for x in Path(p.anchor).glob(str(p.relative_to(p.anchor))))
-
-
-def count_samples(urls: list[str]) -> int | None:
-    """Samples in local shards, from our ``<split>-summary.json``, img2dataset's ``*_stats.json``, or
-    the tar headers. ``None`` for remote shards (pass ``train_samples`` / ``val_samples`` then)."""
-    if not urls or any(re.match(r"^[a-z0-9]+:", u) for u in urls):
-        return None
-    total = 0
-    for u in urls:
-        p = Path(u)
-        stats = p.with_name(p.stem + "_stats.json")  # img2dataset
-        if stats.is_file():
-            try:
-                total += int(json.loads(stats.read_text())["successes"])
-                continue
-            except (ValueError, KeyError, OSError):
-                pass
-        total += _count_tar(p)
-    return total
-
-
-def _count_tar(path: Path) -> int:
-    import tarfile
-
-    keys = set()
-    try:
-        with tarfile.open(path) as tf:
-            for m in tf:
-                if m.isfile():
-                    d, _, base = m.name.rpartition("/")
-                    keys.add((d, base.split(".", 1)[0]))
-    except (OSError, tarfile.TarError) as e:
-        warnings.warn(f"{path}: cannot count samples ({e})", stacklevel=2)
-    return len(keys)
-
-
-class SplitByNode:
-    """``wds.split_by_node`` with the rank fixed when the loader is built: DataLoader workers do not
-    always see the process group (or RANK / WORLD_SIZE), and would then read every shard."""
-
-    def __init__(self, rank: int, world_size: int) -> None:
-        self.rank, self.world_size = rank, world_size
-
-    def __call__(self, src: Iterator) -> Iterator:
-        yield from itertools.islice(src, self.rank, None, self.world_size)
-
-
-def rank_info() -> tuple[int, int]:
-    rank, world, _, _ = wds.utils.pytorch_worker_info()
-    return rank, world
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding and transforms
-
-
-class Decoder:
-    """Turns a raw webdataset sample into ``(image tensor, caption, meta, key)`` or ``None`` (skipped)."""
-
-    def __init__(self, image_size: int, normalize: str, augment: bool, counter: Any, shard_counter: Any = None) -> None:
-        if normalize not in NORMALIZE:
-            raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
-        self.image_size, self.normalize, self.augment, self.counter = image_size, normalize, augment, counter
-        self.shard_counter = shard_counter
-
-    def damaged_shard(self, url: str, why: str) -> None:
-        """A shard whose stream broke off: named, counted (its lost samples cannot be counted)."""
-        if self.shard_counter is not None:
-            with self.shard_counter.get_lock():
-                self.shard_counter.value += 1
-        warnings.warn(f"damaged shard {url}: {why}; its remaining samples are lost", stacklevel=3)
-
-    def skip(self, why: str) -> None:
-        if self.counter is not None:
-            with self.counter.get_lock():
-                self.counter.value += 1
-        warnings.warn(f"skipped sample: {why}", stacklevel=3)
-
-    def __call__(self, sample: dict) -> tuple | None:
-        key = sample.get("__key__", "?")
-        url = sample.get("__url__", "?")
-        img_ext = next((e for e in IMAGE_EXTS if e in sample), None)
-        txt_ext = next((e for e in TEXT_EXTS if e in sample), None)
-        if img_ext is None:
-            return self.skip(f"{url}:{key} has no image member")
-        if txt_ext is None:
-            return self.skip(f"{url}:{key} has no caption")
-        try:
-            caption = sample[txt_ext].decode("utf-8").strip()
-        except UnicodeDecodeError:
-            return self.skip(f"{url}:{key}.{txt_ext}: caption is not UTF-8 text")
-        try:
-            # the suite's one image reader: EXIF orientation, alpha on black, one pixel limit; a truncated file
-            # fails here, not later in a worker's collate
-            image = open_image(sample[img_ext], name=f"{url}:{key}.{img_ext}")
-        except ImageError as e:
-            return self.skip(str(e))
-        meta = {}
-        if "json" in sample:
-            try:
-                meta = json.loads(sample["json"])
-            except (ValueError, UnicodeDecodeError):
-                meta = {}
-        return self.transform(image), caption, meta, key
-
-    def transform(self, image: Image.Image) -> torch.Tensor:
-        s = self.image_size
-        w, h = image.size
-        if self.augment:
-            # a mild random crop only: flips or colour jitter would contradict captions that name
-            # positions and colours (the shapes world)
-            scale = random.uniform(0.85, 1.0)
-            cw, ch = max(1, round(w * scale)), max(1, round(h * scale))
-            x0, y0 = random.randint(0, w - cw), random.randint(0, h - ch)
-            image = image.crop((x0, y0, x0 + cw, y0 + ch))
-            w, h = cw, ch
-        if (w, h) != (s, s):
-            k = s / min(w, h)  # resize the short side, centre-crop the long one
-            nw, nh = max(s, round(w * k)), max(s, round(h * k))
-            image = image.resize((nw, nh), Image.Resampling.BICUBIC)
-            left, top = (nw - s) // 2, (nh - s) // 2
-            image = image.crop((left, top, left + s, top + s))
-        x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(s, s, 3).permute(2, 0, 1)
-        x = x.float().div_(255)  # [3, H, W] in [0, 1]
-        if self.normalize == "clip":
-            x = (x - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
-        elif self.normalize == "signed":
-            x = x * 2 - 1
-        return x
-
-
-class Collate:
-    def __init__(self, tokenizer: str, context_length: int, tokenizer_dir: str | None) -> None:
-        self.name, self.length, self.dir = tokenizer, context_length, tokenizer_dir
-        self._tok = None  # built lazily, inside each worker
-
-    def __call__(self, rows: list[tuple]) -> dict:
-        images, captions, metas, keys = zip(*rows)
-        batch = {"image": torch.stack(images), "caption": list(captions), "meta": list(metas), "key": list(keys)}
-        if self.name != "none":
-            if self._tok is None:
-                from multimodal.tokenizers import get_tokenizer
-
-                self._tok = get_tokenizer(self.name, self.dir)
-            batch["text"] = self._tok.batch(list(captions), self.length)
-        return batch
-
-
-# ---------------------------------------------------------------------------------------------
-# The stream
-
-
-class ShardStream(IterableDataset):
-    """Shards -> decoded, shuffled, batched samples for one rank; ``batches_per_worker`` caps (and,
-    with ``repeat``, fixes) what each DataLoader worker yields."""
-
-    def __init__(
-        self,
-        urls: list[str],
-        decoder: Decoder,
-        collate: Collate,
-        batch_size: int,
-        *,
-        rank: int,
-        world_size: int,
-        num_workers: int,
-        shuffle_buffer: int = 0,
-        resampled: bool = False,
-        repeat: bool = False,
-        batches_per_worker: int | None = None,
-        partial: bool = True,
-        seed: int = 0,
-    ) -> None:
-        self.urls, self.decoder, self.collate, self.batch_size = urls, decoder, collate, batch_size
-        self.rank, self.world_size, self.num_workers = rank, world_size, max(1, num_workers)
-        self.shuffle_buffer, self.resampled, self.repeat = shuffle_buffer, resampled, repeat
-        self.batches_per_worker, self.partial, self.seed = batches_per_worker, partial, seed
-        self.epoch = 0
-        # few shards: every (rank, worker) slot reads all shards and keeps every slots-th sample
-        self.sample_split = not resampled and len(urls) < world_size * self.num_workers
-
-    def _slot(self) -> tuple[int, int]:
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else 0
-        return self.rank * self.num_workers + worker, self.world_size * self.num_workers
-
-    def _samples(self) -> Iterator[dict]:
-        slot, slots = self._slot()
-        seed = self.seed + 1000003 * self.epoch
-        handler = self._handler
-        if self.resampled:
-            # every worker draws shards with replacement from its own RNG
-            ds = wds.WebDataset(
-                self.urls, resampled=True, handler=handler, nodesplitter=None, empty_check=False, seed=seed + slot
-            )
-        elif self.sample_split:
-            ds = wds.WebDataset(
-                self.urls,
-                shardshuffle=False,
-                handler=handler,
-                nodesplitter=None,
-                workersplitter=None,
-                empty_check=False,
-            )
-        else:
-            ds = wds.WebDataset(
-                self.urls,
-                shardshuffle=len(self.urls) if self.shuffle_buffer else False,
-                detshuffle=True,
-                seed=seed,
-                handler=handler,
-                # explicit (the default raises under DDP), with this rank's index baked in
-                nodesplitter=SplitByNode(self.rank, self.world_size) if self.world_size > 1 else None,
-                workersplitter=wds.split_by_worker,
-                empty_check=False,
-            )
-        url = None
-        for i, s in enumerate(ds):
-            if s.get("__url__") != url:
-                self._check_shard(url)
-                url = s.get("__url__")
-            if self.sample_split and i % slots != slot:
-                continue
-            yield s
-        self._check_shard(url)
-
-    def _check_shard(self, url: str | None) -> None:
-        # a streamed tar that is cut short just ends: look at the shard that ended for damage
-        from data.shards import tar_damage
-
-        why = tar_damage(url) if url is not None and "://" not in url and not url.startswith("pipe:") else None
-        if why is not None:
-            self.decoder.damaged_shard(url, why)
-
-    def _handler(self, exn: Exception) -> bool:
-        # webdataset appends the shard's url to the exception's args where it knows it
-        url = next((a for a in reversed(exn.args) if isinstance(a, str) and a != str(exn.args[0])), None)
-        msg = str(exn.args[0] if exn.args else exn)[:160] or type(exn).__name__
-        if url is not None:
-            self.decoder.damaged_shard(url, f"{type(exn).__name__}: {msg}")
-        else:
-            self.decoder.skip(f"damaged shard data: {type(exn).__name__}: {msg}")
-        return True  # keep going
-
-    def _raw(self) -> Iterator[dict]:
-        while True:
-            n = 0
-            for s in self._samples():
-                n += 1
-                yield s
-            if not (self.repeat or self.resampled):
-                return
-            if n == 0:
-                raise RuntimeError(f"no samples in {len(self.urls)} shards ({self.urls[:2]}...)")
-            self.epoch += 1
-
-    def _shuffled(self) -> Iterator[dict]:
-        # raw (still encoded) samples are shuffled: a buffer of decoded images would be far larger
-        if not self.shuffle_buffer:
-            yield from self._raw()
-            return
-        slot, _ = self._slot()
-        rng = random.Random(self.seed * 7919 + slot + 31 * self.epoch)
-        buf: list[dict] = []
-        for s in self._raw():
-            buf.append(s)
-            if len(buf) >= self.shuffle_buffer:
-                j = rng.randrange(len(buf))
-                buf[j], buf[-1] = buf[-1], buf[j]
-                yield buf.pop()
-        rng.shuffle(buf)
-        yield from buf
-
-    def __iter__(self) -> Iterator[dict]:
-        rows: list[tuple] = []
-        n, bad_run = 0, 0
-        for s in self._shuffled():
-            row = self.decoder(s)
-            if row is None:
-                bad_run += 1
-                if bad_run > 10000:
-                    raise RuntimeError(f"10000 unreadable samples in a row in {self.urls[:2]}...; giving up")
-                continue
-            bad_run = 0
-            rows.append(row)
-            if len(rows) == self.batch_size:
-                yield self.collate(rows)
-                rows, n = [], n + 1
-                if self.batches_per_worker is not None and n >= self.batches_per_worker:
-                    break
-        else:
-            if rows and self.partial:
-                yield self.collate(rows)
-
-
-class _Loader(DataLoader):
-    """A DataLoader with a known length (``with_length`` in webdataset terms)."""
-
-    def __init__(self, dataset: ShardStream, length: int | None, **kw: Any) -> None:
-        super().__init__(dataset, batch_size=None, **kw)
-        self._length = length
-        self._epochs = 0
-
-    def __iter__(self) -> Iterator[dict]:
-        # set before workers start so each epoch shuffles differently (workers get a fresh copy)
-        self.dataset.epoch = self._epochs
-        self._epochs += 1
-        return super().__iter__()
-
-    def __len__(self) -> int:
-        if self._length is None:
-            raise TypeError("length unknown: pass train_samples / val_samples")
-        return self._length
-
-
-# ---------------------------------------------------------------------------------------------
-# DataModules
 
 
 class ImageTextDataModule(L.LightningDataModule):
@@ -504,7 +177,7 @@ class ImageTextDataModule(L.LightningDataModule):
             partial=per_worker is None,
             seed=self.seed,
         )
-        return _Loader(
+        return SizedLoader(
             stream,
             length,
             num_workers=workers,

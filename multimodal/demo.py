@@ -197,6 +197,22 @@ def language_section(gpt, out: Path, seed: int, queries: int = 20) -> tuple[str,
     return "\n".join(parts), {f"GPT k={k}": v for k, v in means.items()}
 
 
+def clip_panel(models: dict, split: str, out: Path, count: int, seed: int) -> tuple[Section, float]:
+    """CLIP's zero-shot gallery of ``count`` rendered ``split`` images (each labelled with CLIP's pick, and the
+    truth where it missed) and its accuracy."""
+    z = zero_shot(models, split, count, seed)
+    png = gallery_png(
+        z["images"],
+        [f"{p}\n{'✓' if p == t else 'was ' + t}" for p, t in zip(z["pred"], z["truth"])],
+        out / f"clip-{split}.png",
+        columns=4,
+    )
+    caption = (
+        f"Among all {z['labels']} colour × shape labels: {100 * z['accuracy']:.0f}% right on {count} rendered images."
+    )
+    return (f"CLIP zero-shot, {split} images", png.name, caption), z["accuracy"]
+
+
 def run_demo(
     out: Path,
     models_root: Path | None = None,
@@ -233,22 +249,9 @@ def run_demo(
         steps.update(1)
     panels = []  # the two CLIP splits side by side
     for split in ("val", "heldout"):
-        z = zero_shot(models, split, zero_shot_images, seed)
-        scores[f"CLIP zero-shot {split}"] = z["accuracy"]
-        png = gallery_png(
-            z["images"],
-            [f"{p}\n{'✓' if p == t else 'was ' + t}" for p, t in zip(z["pred"], z["truth"])],
-            out / f"clip-{split}.png",
-            columns=4,
-        )
-        panels.append(
-            (
-                f"CLIP zero-shot, {split} images",
-                png.name,
-                f"Among all {z['labels']} colour × shape labels: {100 * z['accuracy']:.0f}% right "
-                f"on {zero_shot_images} rendered images.",
-            )
-        )
+        panel, accuracy = clip_panel(models, split, out, zero_shot_images, seed)
+        panels.append(panel)
+        scores[f"CLIP zero-shot {split}"] = accuracy
         steps.update(1)
     sections.append(panels)
     grid = models["dalle"].config.image_grid

@@ -1,8 +1,10 @@
 """The layout shows the dependency direction: a test parses every import and fails on a wrong-way arrow.
 
 core (``multimodal/`` minus the GPT head and the applications) imports no head and not ``data``; ``data``
-imports no head; ``clip`` never imports ``dalle``; the GPT head imports neither ``clip`` nor ``dalle``;
-nothing imports the applications (the demo, the service, the exporter, the CLI aliases).
+imports no head; ``clip`` imports neither the GPT head nor ``dalle``; the GPT head imports neither ``clip`` nor
+``dalle``; ``dalle`` may import ``clip`` (the rerank) and the GPT head (the warm start); nothing imports the
+applications (the demo, the service, the exporter, the CLI aliases). The README's layout table says the same
+(``tests/test_readme_layout.py`` compares the two).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ FORBIDDEN = {
     ("data", "gpt"),
     ("data", "clip"),
     ("data", "dalle"),
+    ("clip", "gpt"),
     ("clip", "dalle"),
     ("gpt", "clip"),
     ("gpt", "dalle"),
@@ -99,6 +102,7 @@ def test_the_checker_sees_wrong_way_arrows(tmp_path):
         "multimodal/gpt/__init__.py": "",
         "multimodal/gpt/model.py": "from multimodal import sampling\n",
         "clip/__init__.py": "",
+        "clip/loss.py": "import multimodal.gpt.model\n",
         "clip/model.py": "from multimodal.demo import x\n",
         "dalle/__init__.py": "",
         "dalle/model.py": "from multimodal.gpt import model\n",  # a head on the GPT head: allowed
@@ -110,6 +114,7 @@ def test_the_checker_sees_wrong_way_arrows(tmp_path):
         (tmp_path / name).write_text(text)
     assert wrong_way_arrows(tmp_path) == [
         "multimodal/sampling.py (core) imports dalle.model (dalle)",
+        "clip/loss.py (clip) imports multimodal.gpt.model (gpt)",
         "clip/model.py (clip) imports multimodal.demo (application)",
         "data/judge.py (data) imports multimodal.gpt.model (gpt)",
     ]

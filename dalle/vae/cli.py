@@ -171,11 +171,9 @@ def _write_samples(
     return len(todo)
 
 
-def cmd_tokenize(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    shards = _expand_shards(args.shards)
-    out_dir = Path(args.out)
+def _output_shards(shards: list[Path], out_dir: Path, overwrite: bool) -> list[Path]:
+    """Where each input shard's tokenized copy goes (same file name under ``out_dir``), refused before any work
+    when two would collide, one would overwrite its input, or one exists without ``--overwrite``."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir}: exists and is not a directory")
     names = [s.name for s in shards]
@@ -185,8 +183,67 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     for s, t in zip(shards, targets):
         if t.exists() and t.resolve() == s.resolve():
             raise UsageError(f"--out would overwrite the input shard {s}")
-        if t.exists() and not args.overwrite:
+        if t.exists() and not overwrite:
             raise UsageError(f"{t} exists; pass --overwrite to replace it")
+    return targets
+
+
+def _sample_image(members: list, size: int, totals: dict[str, int]) -> Tensor | None:
+    """The sample's image at ``size``, or ``None`` (counted as without image / unreadable): nothing to encode."""
+    image_member = next((d for i, d in members if is_image_path("x." + _split_key(i.name)[1])), None)
+    if image_member is None:
+        totals["no_image"] += 1
+        return None
+    try:
+        return load_image(image_member, size)
+    except ImageError:
+        totals["bad_image"] += 1
+        return None
+
+
+def _report_tokenize(
+    args: argparse.Namespace,
+    model: DiscreteVAE,
+    size: int,
+    dtype: type,
+    targets: list[Path],
+    totals: dict[str, int],
+    damaged: list[str],
+    started: float,
+) -> None:
+    """Write ``codes.json`` beside the shards (what a DALL·E run needs to read them) and print the summary."""
+    out_dir = Path(args.out)
+    manifest = {
+        "checkpoint": str(args.checkpoint),
+        "member": CODES_MEMBER,
+        "dtype": np.dtype(dtype).name,
+        "codebook_size": model.config.codebook_size,
+        "image_size": size,
+        "grid": [size // model.config.downsample] * 2,
+        "preprocess": "shorter side resized (bicubic) then centre crop",
+        "shards": [str(t) for t in targets],
+        **totals,
+        "damaged_shards": damaged,
+        "seconds": round(time.time() - started, 2),
+    }
+    (out_dir / "codes.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+    else:
+        print(
+            f"encoded {totals['encoded']} of {totals['samples']} samples into {len(targets)} shards under {out_dir} "
+            f"({manifest['grid'][0]}x{manifest['grid'][1]} codes as {{key}}.{CODES_MEMBER}; skipped "
+            f"{totals['no_image']} without image, {totals['bad_image']} unreadable"
+            + (f"; {len(damaged)} damaged shards, named above)" if damaged else ")")
+        )
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    shards = _expand_shards(args.shards)
+    out_dir = Path(args.out)
+    targets = _output_shards(shards, out_dir, args.overwrite)
     device = resolve_device(args.device)
     model = _load_vae(args.checkpoint, device)
     size = args.size or model.config.image_size
@@ -209,16 +266,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
                 damage: list[str] = []
                 for key, members in iter_tar_samples(shard, damage):
                     totals["samples"] += 1
-                    image_member = next((d for i, d in members if is_image_path("x." + _split_key(i.name)[1])), None)
-                    if image_member is None:
-                        totals["no_image"] += 1
-                        pending.append((key, members, None))
-                    else:
-                        try:
-                            pending.append((key, members, load_image(image_member, size)))
-                        except ImageError:
-                            totals["bad_image"] += 1
-                            pending.append((key, members, None))
+                    pending.append((key, members, _sample_image(members, size, totals)))
                     if len(pending) >= args.batch_size:
                         n = _write_samples(out_tar, pending, model, device, dtype, args.drop_images, started)
                         bar.update(n)
@@ -243,29 +291,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         raise UsageError(messages[-1])  # nothing at all could be read: no output, bad input
     for m in messages:
         warn(m)
-    manifest = {
-        "checkpoint": str(args.checkpoint),
-        "member": CODES_MEMBER,
-        "dtype": np.dtype(dtype).name,
-        "codebook_size": model.config.codebook_size,
-        "image_size": size,
-        "grid": [size // model.config.downsample] * 2,
-        "preprocess": "shorter side resized (bicubic) then centre crop",
-        "shards": [str(t) for t in targets],
-        **totals,
-        "damaged_shards": damaged,
-        "seconds": round(time.time() - started, 2),
-    }
-    (out_dir / "codes.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(manifest, indent=2))
-    else:
-        print(
-            f"encoded {totals['encoded']} of {totals['samples']} samples into {len(targets)} shards under {out_dir} "
-            f"({manifest['grid'][0]}x{manifest['grid'][1]} codes as {{key}}.{CODES_MEMBER}; skipped "
-            f"{totals['no_image']} without image, {totals['bad_image']} unreadable"
-            + (f"; {len(damaged)} damaged shards, named above)" if damaged else ")")
-        )
+    _report_tokenize(args, model, size, dtype, targets, totals, damaged, started)
     return 1 if damaged else 0
 
 
