@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
+from data.shapes import RELATIONS
 from multimodal.checkpoint import CheckpointError, load_model
 from multimodal.cli import UsageError, add_device_flag, add_progress_flag, check_finite, fail, resolve_device
 from multimodal.sampling import SamplingSettings
@@ -75,6 +76,17 @@ def summarize(rows: list[dict]) -> dict:
                 entry["shape"] += 1
             else:
                 entry["drawn_as"][str(got)] = entry["drawn_as"].get(str(got), 0) + 1
+    by_relation: dict[str, dict] = {}
+    for r in rows:  # two-object captions that name where one object is: how often each relation is drawn
+        rel = r["requested"][0].get("relation") if r["requested"] else None
+        if rel is not None:
+            entry = by_relation.setdefault(rel, {"images": 0, "all": 0, "relation": 0})
+            entry["images"] += 1
+            entry["all"] += bool(r["all"])
+            entry["relation"] += bool(r["correct"].get("relation"))
+    for entry in by_relation.values():
+        entry["all"] = round(entry["all"] / entry["images"], 4)
+        entry["relation"] = round(entry["relation"] / entry["images"], 4)
     for entry in by_shape.values():
         entry["all"] = round(entry["all"] / entry["images"], 4)
         entry["shape"] = round(entry["shape"] / entry["images"], 4)
@@ -83,6 +95,7 @@ def summarize(rows: list[dict]) -> dict:
         "images": len(rows),
         "accuracy": {k: round(v, 4) for k, v in acc.items()},
         "by_shape": dict(sorted(by_shape.items())),
+        "by_relation": {k: by_relation[k] for k in RELATIONS if k in by_relation},
     }
 
 
@@ -245,6 +258,19 @@ def markdown(result: dict) -> str:
             wrong = ", ".join(f"{k} {v}" for k, v in list(e["drawn_as"].items())[:3])
             row += [f"{e['all']:.1%} of {e['images']}", f"{e['shape']:.1%}", wrong]
         lines.append("| " + " | ".join(row) + " |")
+    relations = [k for k in RELATIONS if any(k in r["random"].get("by_relation", {}) for r in splits.values())]
+    if relations:
+        lines += [
+            "",
+            "| relation | " + " | ".join(f"{SPLIT_NAMES.get(s, s)}: all right | relation right" for s in splits) + " |",
+            "|---|" + "---|---|" * len(splits),
+        ]
+        for rel in relations:
+            row = [rel]
+            for r in splits.values():
+                e = r["random"].get("by_relation", {}).get(rel)
+                row += ["–", "–"] if e is None else [f"{e['all']:.1%} of {e['images']}", f"{e['relation']:.1%}"]
+            lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 

@@ -97,3 +97,27 @@ def test_a_perfect_tokenizer_scores_what_the_judge_scores_on_the_originals():
     judge = Judge(ShapesJudge(JudgeConfig(image_size=16, width=4)).eval())
     r = evaluate_reconstructions(Lossless(), judge, "val", 6, progress=False)
     assert r["images"] == 6 and r["accuracy"]["all"] == r["originals_all"] and r["psnr"] >= 99
+
+
+def test_summary_and_tables_give_per_relation_accuracy():
+    from dalle.evaluate import markdown, summarize
+
+    def row(rel: str, drawn: bool, rest: bool = True) -> dict:
+        want = [{"shape": "circle", "color": "red", "relation": rel}, {"shape": "square", "color": "blue"}]
+        return {
+            "requested": want,
+            "predicted": want,
+            "correct": {"relation": drawn, "color": rest},
+            "all": drawn and rest,
+        }
+
+    rows = [row("above", True), row("above", False), row("below", True, rest=False), row("to the left of", True)]
+    s = summarize(rows)
+    assert s["by_relation"] == {
+        "above": {"images": 2, "all": 0.5, "relation": 0.5},
+        "below": {"images": 1, "all": 0.0, "relation": 1.0},
+        "to the left of": {"images": 1, "all": 1.0, "relation": 1.0},
+    }
+    table = markdown({"splits": {"heldout": {"candidates": 1, "random": s}}})
+    assert "| relation |" in table and "| above | 50.0% of 2 | 50.0% |" in table
+    assert "to the right of" not in table  # relations nobody asked for get no row
