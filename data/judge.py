@@ -162,6 +162,8 @@ def _match(pred: list[dict], want: list[dict]) -> list[tuple[dict, dict | None]]
     slots = pred + [None] * max(0, len(want) - len(pred))
     for perm in itertools.permutations(slots, len(want)):
         score = sum(p is not None and p[a] == o.get(a) for o, p in zip(want, perm) for a in ATTRIBUTES)
+        if "relation" in want[0] and len(perm) == 2 and None not in perm:  # two alike objects: the order that fits
+            score += relation(perm[0], perm[1]) == want[0]["relation"]
         if score > best_score:
             best, best_score = list(zip(want, perm)), score
     return best

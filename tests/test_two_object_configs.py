@@ -1,0 +1,49 @@
+"""The shipped shapes recipes train on one- and two-object scenes, and their lengths fit every caption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from data import shapes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(name: str) -> dict:
+    return yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+
+
+def _longest_caption() -> str:
+    # every template with the longest words each slot can take
+    long = {"size": "small", "color": "yellow", "shape": "triangle", "position": "bottom center"}
+    obj = dict(long, row=2, col=1)
+    other = dict(long, position="bottom right", row=2, col=2)
+    return max(
+        [shapes.caption_for([obj], t) for t in range(len(shapes.TEMPLATES_1))]
+        + [shapes.caption_for([obj, other], t) for t in range(len(shapes.TEMPLATES_2))],
+        key=len,
+    )
+
+
+def test_shapes_recipes_train_on_mixed_scenes_sharing_their_shards():
+    data = {name: _config(name)["data"]["init_args"] for name in ("vae/shapes", "dalle/shapes", "clip/shapes")}
+    assert all(d["objects"] == "mixed" for d in data.values())
+    # the tokenizer and DALL·E read the same shards (rendered once)
+    assert data["vae/shapes"]["root"] == data["dalle/shapes"]["root"]
+
+
+def test_dalle_text_length_holds_every_caption():
+    config = _config("dalle/shapes")["model"]["init_args"]["config"]
+    longest = _longest_caption()
+    assert len(longest.encode()) + 1 <= config["text_length"], longest  # + end of text
+
+
+def test_clip_recipe_trains_with_attribute_swaps_as_negatives():
+    model = _config("clip/shapes")["model"]["init_args"]
+    assert model["hard_negatives"] is True
+    context = _config("clip/shapes")["data"]["init_args"]["context_length"]
+    from multimodal.tokenizers import get_tokenizer
+
+    assert len(get_tokenizer("clip").encode(_longest_caption())) + 2 <= context
