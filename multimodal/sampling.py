@@ -1,10 +1,12 @@
-"""The suite's one decode loop and one logits filter, shared by the GPT LM and DALL·E."""
+"""The suite's one decode loop and one logits filter, shared by the GPT LM and DALL·E, and the sampling of rows
+that each draw from their own generator (``multimodal.generation`` and the service's batching engine)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +20,16 @@ def reduce_seed(seed: int) -> int:
     """Any Python integer -> a seed the generator takes: ``seed mod 2**64`` (so seeds in ``[0, 2**64)`` are used
     as they are, ``-1`` becomes ``2**64 - 1``, and ``2**64 + 5`` samples what ``5`` samples)."""
     return int(seed) % SEED_MODULUS
+
+
+def new_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator of its own: seeded with ``reduce_seed(seed)``, or from fresh entropy when ``seed`` is None."""
+    g = torch.Generator(device=device)
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(reduce_seed(seed))
+    return g
 
 
 @dataclass
@@ -42,11 +54,25 @@ class SamplingSettings:
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
     def generator(self, device: torch.device | str = "cpu") -> torch.Generator | None:
-        if self.seed is None:
+        """The seeded generator of a decode; None when unseeded (then torch's global RNG draws)."""
+        return None if self.seed is None else new_generator(self.seed, device)
+
+    def row_generator(self, index: int = 0, device: torch.device | str = "cpu") -> torch.Generator | None:
+        """The generator of the ``index``-th choice drawn with these settings, when every row draws from its own
+        (``sample_rows``): seeded with ``seed + index``, or from fresh entropy when unseeded (rows in a shared
+        batch must not share torch's global RNG); None when greedy (nothing is drawn)."""
+        if self.temperature == 0:
             return None
-        g = torch.Generator(device=device)
-        g.manual_seed(reduce_seed(self.seed))
-        return g
+        return new_generator(None if self.seed is None else self.seed + index, device)
+
+    def batch_key(self) -> tuple:
+        """What rows must share to be sampled together (``sample_rows``): every setting but the seed, which each
+        row's own generator carries. A new field joins the key by itself."""
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "seed")
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """``logits [B, V]`` → the distribution a token is drawn from (temperature, top-k and top-p applied)."""
+        return filter_logits(logits, self.temperature, self.top_k, self.top_p).softmax(-1)
 
 
 def filter_logits(
@@ -74,8 +100,16 @@ def sample_next(logits: Tensor, settings: SamplingSettings, generator: torch.Gen
     """One token per row of ``logits [B, V]`` → ``[B]``."""
     if settings.temperature == 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits, settings.temperature, settings.top_k, settings.top_p).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return torch.multinomial(settings.probabilities(logits), 1, generator=generator).squeeze(-1)
+
+
+def sample_rows(logits: Tensor, settings: SamplingSettings, generators: Sequence[torch.Generator | None]) -> list[int]:
+    """One token per row of ``logits [n, V]``, row ``i`` drawn from ``generators[i]``: a row draws the same token
+    alone or in any batch (``sample_next`` of one row with its generator draws the same)."""
+    if settings.temperature == 0:
+        return logits.argmax(-1).tolist()
+    probs = settings.probabilities(logits)
+    return [int(torch.multinomial(probs[j : j + 1], 1, generator=g)) for j, g in enumerate(generators)]
 
 
 def decode(

@@ -72,19 +72,23 @@ MUTANTS = [
     Mutant(
         "seeded sampling: the generator is seeded from the clock, not from --seed",
         "multimodal/sampling.py",
-        r"\.manual_seed\(reduce_seed\(self\.seed\)\)",
+        r"\.manual_seed\(reduce_seed\(seed\)\)",
         ".seed()",
         (
             "tests/test_gpt.py::test_seed_reproducible_and_top_k_1_is_greedy",
             "tests/test_dalle_sample.py::test_same_seed_same_png_bytes_and_progress_bar",
+            "tests/test_generation.py::test_a_seed_beyond_64_bits_samples_the_same_through_generate_and_the_service",
         ),
     ),
     Mutant(
         "stop strings: generation ignores them",
-        "multimodal/gpt/model.py",
-        r"\bstops = \[s for s in stop if s\]",
-        "stops = []",
-        ("tests/test_gpt.py::test_stop_string_cuts_output",),
+        "multimodal/generation.py",
+        r"\bstop_at = \[text\.find\(s\) for s in self\.stops if s and s in text\]",
+        "stop_at = []",
+        (
+            "tests/test_gpt.py::test_stop_string_cuts_output",
+            "tests/test_generation.py::test_greedy_text_and_logprobs_agree_through_generate_fewshot_and_the_service",
+        ),
     ),
     Mutant(
         "the service's errors: FastAPI's {'detail': ...} instead of OpenAI's {'error': {...}}",

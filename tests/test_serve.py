@@ -819,8 +819,8 @@ def test_engine_prompts_prefilled_together_decode_like_generate(gpt):
     ``GPT.generate``'s greedy text, and a seeded one its sampled text."""
     import queue
 
-    from multimodal.sampling import SamplingSettings
-    from multimodal.serve.engine import Choice, Engine, new_generator
+    from multimodal.sampling import SamplingSettings, new_generator
+    from multimodal.serve.engine import Choice, Engine
 
     engine = Engine(gpt, max_batch=4)
     prompts = ["a", "hello there", "the quick brown fox", "xy" * 20, "z"]  # 5 > 4 slots: one waits for a free one
@@ -943,8 +943,8 @@ def test_engine_a_failing_row_fails_alone(gpt, monkeypatch, capsys):
 def test_engine_one_token_echo_and_a_vanishing_top_p_beside_others(gpt):
     """The issue's two ordinary requests that used to fail every running stream: echo + logprobs of a
     one-token prompt, and a top_p that is 0 in float32 (now: the most likely token is kept, as greedy)."""
-    from multimodal.sampling import SamplingSettings
-    from multimodal.serve.engine import Choice, Engine, new_generator
+    from multimodal.sampling import SamplingSettings, new_generator
+    from multimodal.serve.engine import Choice, Engine
 
     engine = Engine(gpt, max_batch=4)
     greedy = SamplingSettings(temperature=0)

@@ -36,6 +36,7 @@ from data import text as data_text
 from data.tasks import SEPARATOR, format_example
 from multimodal.checkpoint import CheckpointError
 from multimodal.cli import UsageError, add_device_flag, add_precision_flag, fail
+from multimodal.generation import SCORING_START, Completion, prompt_ids
 from multimodal.gpt.model import load_cli_models
 from multimodal.sampling import SamplingSettings
 
@@ -157,9 +158,8 @@ def own_examples(record: dict, k: int, rng: random.Random) -> list[tuple[str, st
 
 def _prompt_ids(tok, prompt: str, room: int) -> tuple[list[int], bool]:
     """End-of-text (the document boundary of pre-training) + the prompt, cut from the left to ``room``."""
-    ids = [tok.eot_id] + tok.encode(prompt)
-    room = max(room, 1)
-    return (ids[-room:], True) if len(ids) > room else (ids, False)
+    read = prompt_ids(tok, prompt, SCORING_START, max(room, 1))
+    return read.ids, read.shortened
 
 
 @torch.no_grad()
@@ -193,26 +193,17 @@ def normalise(lp: Tensor, text: str, norm: str) -> float:
     return total
 
 
-@torch.no_grad()
+def greedy_completion(
+    model, prompt_ids: list[int], max_new_tokens: int, stops: Sequence[str] = ("\n",), logprobs: int | None = None
+) -> Completion:
+    """Greedy, KV-cached continuation (``GPT.complete``) up to the first of ``stops`` (or end-of-text), the stop
+    excluded. Lines of examples end at a newline; inline examples (``x = y; q =``) also at ``;``."""
+    return model.complete(prompt_ids, max_new_tokens, SamplingSettings(0.0), stops, logprobs=logprobs)
+
+
 def greedy(model, prompt_ids: list[int], max_new_tokens: int, stops: Sequence[str] = ("\n",)) -> str:
-    """Greedy, KV-cached continuation up to the first of ``stops`` (or end-of-text), the stop excluded.
-    Lines of examples end at a newline; inline examples (``x = y; q =``) also at ``;``."""
-    tok = model.tokenizer
-
-    def is_done(tokens: Tensor) -> Tensor:
-        row = tokens[0].tolist()
-        text = tok.decode(row)
-        return torch.tensor([row[-1] == tok.eot_id or any(s in text for s in stops)])
-
-    device = model.token_embedding.weight.device
-    new = model.generate_ids(torch.tensor([prompt_ids], device=device), max_new_tokens, SamplingSettings(0.0), is_done)
-    row = new[0].tolist()
-    if tok.eot_id in row:
-        row = row[: row.index(tok.eot_id)]
-    text = tok.decode(row)
-    for s in stops:
-        text = text.split(s)[0]
-    return text
+    """``greedy_completion``'s text."""
+    return greedy_completion(model, prompt_ids, max_new_tokens, stops).text
 
 
 STOPS = {"lines": ("\n",), "inline": ("\n", ";")}

@@ -1,8 +1,9 @@
 """GPT language model: token + position embeddings, the shared backbone under a causal mask, a final
 LayerNorm and an LM head tied to the token embedding (GPT-2's layout).
 
-``generate`` decodes with a KV cache through ``multimodal.sampling.decode``; ``score`` gives the
-log-probability of a text token by token ("a language model gives the probability of a sequence").
+``generate`` decodes with a KV cache through ``multimodal.generation`` (the suite's one generation module);
+``score`` gives the log-probability of a text token by token ("a language model gives the probability of a
+sequence").
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,16 @@ import torch
 from torch import Tensor, nn
 
 from multimodal.checkpoint import register
+from multimodal.generation import (
+    GENERATE_START,
+    SCORING_START,
+    Completion,
+    PromptStart,
+    TextStream,
+    TokenInfo,
+    complete,
+    prompt_ids,
+)
 from multimodal.sampling import SamplingSettings, decode
 from multimodal.tokenizers import GPT2Tokenizer, Tokenizer, get_tokenizer
 from multimodal.transformer import Transformer, TransformerConfig, nest_backbone
@@ -83,6 +95,7 @@ class Generation:
     prompt_tokens: int
     finish_reason: str  # "stop" (a stop string), "eot" (end-of-text) or "length"
     truncated_prompt: bool = False
+    logprobs: list[TokenInfo] | None = None  # each token's log-prob and top alternatives, when asked
 
 
 @register("gpt")
@@ -190,7 +203,7 @@ class GPT(nn.Module):
         stride = n_ctx if stride is None else stride
         if not 1 <= stride <= n_ctx:
             raise ValueError(f"stride {stride} must be between 1 and the context length {n_ctx}")
-        ids = [tok.eot_id] + tok.encode(text)
+        ids = prompt_ids(tok, text, SCORING_START).ids  # end-of-text, then the text
         n = len(ids) - 1  # tokens to score: ids[1:]
         device = self.token_embedding.weight.device
         scored = min(n_ctx, n)
@@ -217,20 +230,10 @@ class GPT(nn.Module):
         }
 
     # -- generation -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate_ids(
-        self,
-        prompt: Tensor,
-        max_new_tokens: int,
-        settings: SamplingSettings | None = None,
-        is_done=None,
-        progress=None,
-    ) -> Tensor:
-        """KV-cached decoding: ``prompt [B, T]`` → new tokens ``[B, n]`` with n ≤ ``max_new_tokens``.
-
-        ``prompt + max_new_tokens`` must fit in the context (``generate`` cuts the prompt for you).
-        """
-        settings = settings or SamplingSettings()
+    @contextmanager
+    def _decoding(self, prompt: Tensor, max_new_tokens: int) -> Iterator[tuple[Tensor, Callable]]:
+        """A KV-cached decode of ``prompt [B, T]`` in eval mode: → (logits after the prompt ``[B, V]``, ``step(token
+        [B, 1], i)`` → the logits after the i-th new token); the training mode comes back after it."""
         B, T = prompt.shape
         if T == 0:
             raise ValueError("empty prompt")
@@ -248,9 +251,47 @@ class GPT(nn.Module):
         def step(token: Tensor, i: int) -> Tensor:
             return self(token, cache, T + i)[:, -1]
 
-        out = decode(step, first, max_new_tokens, settings, settings.generator(weight.device), is_done, progress)
-        self.train(was_training)
-        return out
+        try:
+            yield first, step
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        prompt: Tensor,
+        max_new_tokens: int,
+        settings: SamplingSettings | None = None,
+        is_done=None,
+        progress=None,
+    ) -> Tensor:
+        """KV-cached decoding: ``prompt [B, T]`` → new tokens ``[B, n]`` with n ≤ ``max_new_tokens``.
+
+        ``prompt + max_new_tokens`` must fit in the context (``generate`` cuts the prompt for you).
+        """
+        settings = settings or SamplingSettings()
+        with self._decoding(prompt, max_new_tokens) as (first, step):
+            generator = settings.generator(self.token_embedding.weight.device)
+            return decode(step, first, max_new_tokens, settings, generator, is_done, progress)
+
+    @torch.no_grad()
+    def complete(
+        self,
+        ids: Sequence[int],
+        max_tokens: int,
+        settings: SamplingSettings | None = None,
+        stop: Sequence[str] = (),
+        stop_at_eot: bool = True,
+        logprobs: int | None = None,
+    ) -> Completion:
+        """Continue the token ids ``ids`` (read as they are: see ``generate`` for text) by at most ``max_tokens``
+        tokens through ``multimodal.generation.complete``: stop strings, end-of-text, log-probs with ``logprobs``
+        alternatives per token (None: none). ``ids + max_tokens`` must fit in the context."""
+        settings = settings or SamplingSettings()
+        stream = TextStream(self._require_tokenizer(), max_tokens, [s for s in stop if s], logprobs, stop_at_eot)
+        device = self.token_embedding.weight.device
+        with self._decoding(torch.tensor([list(ids)], device=device), max_tokens) as (first, step):
+            return complete(first, step, stream, settings, settings.generator(device))
 
     @torch.no_grad()
     def generate(
@@ -265,15 +306,18 @@ class GPT(nn.Module):
         stop_at_eot: bool = True,
         document_start: bool = True,
         max_new_tokens: int | None = None,
+        logprobs: int | None = None,
     ) -> Generation:
         """Continue ``prompt`` by at most ``max_tokens`` new tokens (the name of ``--max-tokens`` and of the
         service's ``max_tokens``; ``max_new_tokens`` is its deprecated alias); stops at a stop string (excluded
-        from the text), end-of-text, or length.
+        from the text), end-of-text, or length. ``logprobs``: each new token's log-probability and that many top
+        alternatives (``Generation.logprobs``, as the service's ``logprobs``); None: none.
 
         ``document_start``: the prompt follows the end-of-text token, GPT-2's document separator, as in ``score``
-        and ``fewshot``: the model reads it as the start of a document, not as text cut from the middle of one
-        (a training row starts at an arbitrary place). It is not counted in ``prompt_tokens``, and it is left out
-        when the prompt fills the room the context leaves.
+        and ``fewshot`` (``multimodal.generation.PromptStart``): the model reads it as the start of a document,
+        not as text cut from the middle of one (a training row starts at an arbitrary place). It is not counted
+        in ``prompt_tokens``, and it is left out when the prompt fills the room the context leaves. The service
+        continues a prompt as given: ``document_start=False`` gives its text.
 
         A prompt that fits the context is never cut: at most the tokens that fit after it are generated
         (``finish_reason`` "length" when that is fewer than ``max_tokens``). Only a prompt longer than the
@@ -286,45 +330,24 @@ class GPT(nn.Module):
             max_tokens = max_new_tokens
         tok = self._require_tokenizer()
         n_ctx = self.config.context_length
-        max_new_tokens = max_tokens
-        if max_new_tokens >= n_ctx:
-            warnings.warn(f"max_tokens {max_new_tokens} capped at {n_ctx - 1} (the context)", stacklevel=2)
-            max_new_tokens = n_ctx - 1
-        ids = tok.encode(prompt) or [tok.eot_id]
-        fits = n_ctx + 1 - len(ids)  # new tokens that fit after the whole prompt (the last one is never fed back)
+        if max_tokens >= n_ctx:
+            warnings.warn(f"max_tokens {max_tokens} capped at {n_ctx - 1} (the context)", stacklevel=2)
+            max_tokens = n_ctx - 1
+        ids = tok.encode(prompt)
+        fits = n_ctx + 1 - max(len(ids), 1)  # new tokens that fit after the whole prompt (the last is never fed back)
         if fits >= 1:
-            max_new_tokens = min(max_new_tokens, fits)
-        room = n_ctx - max_new_tokens + 1
-        truncated = len(ids) > room
-        if truncated:
+            max_tokens = min(max_tokens, fits)
+        room = n_ctx - max_tokens + 1
+        start = GENERATE_START if document_start else PromptStart.AS_GIVEN
+        read = prompt_ids(tok, ids, start, room)
+        if read.cut:
             warnings.warn(
-                f"prompt of {len(ids)} tokens cut from the left to {room} to fit the context of {n_ctx}", stacklevel=2
+                f"prompt of {read.cut + room} tokens cut from the left to {room} to fit the context of {n_ctx}",
+                stacklevel=2,
             )
-            ids = ids[-room:]
-        # the document start goes first when the context is full: it never costs a new token or a prompt token
-        start = [tok.eot_id] if document_start and len(ids) < room and ids[0] != tok.eot_id else []
-        ids = start + ids
         settings = SamplingSettings(temperature, top_k, top_p, seed)
-        stops = [s for s in stop if s]
-
-        def is_done(tokens: Tensor) -> Tensor:
-            row = tokens[0].tolist()
-            if stop_at_eot and row[-1] == tok.eot_id:
-                return torch.ones(1, dtype=torch.bool)
-            text = tok.decode([t for t in row if t != tok.eot_id])
-            return torch.tensor([any(s in text for s in stops)])
-
-        device = self.token_embedding.weight.device
-        new = self.generate_ids(torch.tensor([ids], device=device), max_new_tokens, settings, is_done)[0].tolist()
-        reason = "length"
-        if stop_at_eot and tok.eot_id in new:
-            new = new[: new.index(tok.eot_id)]
-            reason = "eot"
-        text = tok.decode(new)
-        cut = [text.index(s) for s in stops if s in text]
-        if cut:
-            text, reason = text[: min(cut)], "stop"
-        return Generation(text, new, len(ids) - len(start), reason, truncated)
+        out = self.complete(read.ids, max_tokens, settings, stop, stop_at_eot, logprobs)
+        return Generation(out.text, out.tokens, read.prompt_tokens, out.finish_reason, read.cut > 0, out.logprobs)
 
 
 def checkpoint_or_packaged(checkpoint: str | None) -> str:

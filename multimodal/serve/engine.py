@@ -4,17 +4,19 @@ One thread owns the model and one KV cache of ``max_batch`` rows ("slots"). Ever
 
 1. admits waiting sequences into free slots: their prompts run together (right-padded, each row under its own
    causal mask) into the cache rows after the running ones (``KVCache.narrow``);
-2. samples one token for every running sequence from its pending logits: rows with the same settings go
-   through ``multimodal.sampling.filter_logits`` together, then each row draws from its own
-   ``torch.Generator`` (seeded per request), so a seed gives the same text alone or in any company (up to the
-   rounding of different batch shapes in the matrix products, which can move a draw only when it falls within
-   about 1e-6 of a boundary);
+2. samples one token for every running sequence from its pending logits: rows with the same settings
+   (``SamplingSettings.batch_key``) go through ``multimodal.sampling.sample_rows`` together, each row drawing
+   from its own ``torch.Generator`` (seeded per request), so a seed gives the same text alone or in any company
+   (up to the rounding of different batch shapes in the matrix products, which can move a draw only when it
+   falls within about 1e-6 of a boundary);
 3. releases finished or cancelled sequences (the last running row moves into the freed slot with
    ``KVCache.copy_row``, keeping the running rows contiguous);
 4. feeds the new token of every running sequence in one forward pass, each row at its own position
    (``Transformer.forward(pos=tensor)``) → the next pending logits.
 
-Requests therefore join and leave the running batch between decode steps. Results travel back as ``Event``s
+Requests therefore join and leave the running batch between decode steps. What a token means for its sequence
+(end-of-text, stop strings, the text safe to release, log-probs) is ``multimodal.generation``'s ``TextStream``,
+the same as ``GPT.generate``'s: the engine only batches and schedules. Results travel back as ``Event``s
 through a callback the caller makes thread-safe (the server posts them onto its event loop).
 
 No request can hurt another: ``submit`` checks every choice (ids, lengths, settings) and refuses a bad one with a
@@ -29,23 +31,17 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from multimodal.generation import TextStream, TokenInfo, prompt_logprobs, token_logprobs
 from multimodal.gpt.model import GPT
-from multimodal.sampling import SamplingSettings, filter_logits, reduce_seed
+from multimodal.sampling import SamplingSettings, sample_rows
 
-
-@dataclass
-class TokenInfo:
-    """One token of a choice, as OpenAI's ``logprobs`` object lists it."""
-
-    token: str
-    logprob: float | None  # None for the first prompt token (nothing before it to condition on)
-    top: dict[str, float] | None
-    offset: int  # where the token's text starts in the choice's text (echoed prompt included)
+# OpenAI's finish reasons: end-of-text is a "stop" as a stop string is
+FINISH_REASONS = {"eot": "stop"}
 
 
 @dataclass
@@ -74,11 +70,14 @@ class Choice:
     prompt_text: str | None = None  # the prompt as the client sent it (echo); None: decoded from ids
     cancelled: bool = False
     # state, owned by the engine thread
-    new: list[int] = field(default_factory=list)
+    stream: TextStream | None = None  # the generated tokens and text (from the prefill on)
     pending: Tensor | None = None  # logits [V] for the next token
     cached: int = 0  # positions of this sequence in the cache
-    released: int = 0  # characters of generated text already sent
-    prefix_len: int = 0  # characters of echoed prompt before the generated text
+
+    @property
+    def new(self) -> list[int]:
+        """The tokens generated so far."""
+        return self.stream.new if self.stream is not None else []
 
     def cancel(self) -> None:
         """Ask the engine to drop this sequence at its next step (e.g. the client went away)."""
@@ -270,47 +269,22 @@ class Engine:
 
     def _finish_prefill(self, seq: Choice, hidden: Tensor) -> None:
         """``hidden [T, C]`` of ``seq``'s prompt → its pending logits, and the echoed prompt if asked."""
+        prefix = 0  # characters of echoed prompt before the generated text
         if seq.echo:
             seq.prompt_text = seq.prompt_text if seq.prompt_text is not None else self.tokenizer.decode(seq.ids)
-            seq.prefix_len = len(seq.prompt_text)
+            prefix = len(seq.prompt_text)
+        seq.stream = TextStream(self.tokenizer, seq.max_tokens, seq.stops, seq.logprobs, offset=prefix)
         tokens = []
         if seq.echo and seq.logprobs is not None:
             logits = self.model.lm_head(hidden)  # [T, V]
             seq.pending = logits[-1]
-            tokens = self._prompt_tokens(seq, logits[:-1].float().log_softmax(-1))
+            tokens = prompt_logprobs(self.tokenizer, seq.ids, logits[:-1], seq.logprobs)
         else:
             seq.pending = self.model.lm_head(hidden[-1:])[0]  # 2-D: int8 Linear layers take no 1-D input
         if seq.echo:
             seq.emit(Event(seq.prompt_text, tokens))
         if seq.max_tokens == 0:
             seq.emit(Event("", [], "length", 0))
-
-    def _prompt_tokens(self, seq: Choice, logp: Tensor) -> list[TokenInfo]:
-        """Log-probs of prompt tokens 1.. given the ones before (``logp [T-1, V]``); token 0 has none."""
-        ids = seq.ids
-        chosen = logp.gather(-1, torch.tensor(ids[1:], device=logp.device)[:, None])[:, 0].tolist()
-        tops = self._tops(logp, [seq.logprobs] * (len(ids) - 1), ids[1:])
-        pieces = _pieces(self.tokenizer, ids)
-        offsets = _offsets(self.tokenizer, ids)
-        out = [TokenInfo(pieces[0], None, None, offsets[0])]
-        for i in range(1, len(ids)):
-            out.append(TokenInfo(pieces[i], chosen[i - 1], tops[i - 1], offsets[i]))
-        return out
-
-    def _tops(self, logp: Tensor, ks: list[int], chosen: list[int]) -> list[dict[str, float]]:
-        """Row r of ``logp [N, V]``: its ``ks[r]`` most likely tokens plus the chosen one (as OpenAI and vLLM)."""
-        tok = self.tokenizer
-        if not ks:  # a one-token prompt has no scored token
-            return []
-        k = min(max(ks), logp.shape[-1])
-        values, index = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
-        picked = logp.gather(-1, torch.tensor(chosen, device=logp.device)[:, None])[:, 0].tolist()
-        out = []
-        for row_v, row_i, row_k, c, lp in zip(values.tolist(), index.tolist(), ks, chosen, picked):
-            top = {tok.decode([i]): v for i, v in zip(row_i[:row_k], row_v[:row_k])}
-            top.setdefault(tok.decode([c]), lp)
-            out.append(top)
-        return out
 
     def _sample(self) -> None:
         """One token for every running row: batched by settings; a row whose logits are not finite, or whose
@@ -324,8 +298,7 @@ class Engine:
             if not finite[i]:
                 self._fail(s, FloatingPointError("the model gave non-finite logits for this sequence"))
                 continue
-            st = s.settings
-            groups.setdefault((st.temperature, st.top_k, st.top_p), []).append(i)
+            groups.setdefault(s.settings.batch_key(), []).append(i)
         for rows in groups.values():
             try:
                 tokens.update(zip(rows, self._pick(logits, rows)))
@@ -338,11 +311,8 @@ class Engine:
         want = [i for i in tokens if seqs[i].logprobs is not None]
         infos: dict[int, tuple[float, dict]] = {}
         if want:
-            logp = logits[want].float().log_softmax(-1)
-            chosen = [tokens[i] for i in want]
-            tops = self._tops(logp, [seqs[i].logprobs for i in want], chosen)
-            lps = logp.gather(-1, torch.tensor(chosen, device=logp.device)[:, None])[:, 0].tolist()
-            infos = {i: (lps[j], tops[j]) for j, i in enumerate(want)}
+            chosen, ks = [tokens[i] for i in want], [seqs[i].logprobs for i in want]
+            infos = dict(zip(want, token_logprobs(self.tokenizer, logits[want], chosen, ks)))
         self.steps += 1
         for i, token in tokens.items():
             self.generated_tokens += 1
@@ -353,52 +323,18 @@ class Engine:
 
     def _pick(self, logits: Tensor, rows: list[int]) -> list[int]:
         """Tokens for ``rows`` of ``logits`` (same settings): greedy, or each row from its own generator."""
-        st = self.running[rows[0]].settings
-        if st.temperature == 0:  # greedy, as multimodal.sampling.sample_next
-            return logits[rows].argmax(-1).tolist()
-        probs = filter_logits(logits[rows], st.temperature, st.top_k, st.top_p).softmax(-1)
         gens = [self.running[r].generator for r in rows]
-        return [int(torch.multinomial(probs[j : j + 1], 1, generator=g)) for j, g in enumerate(gens)]
+        return sample_rows(logits[rows], self.running[rows[0]].settings, gens)
 
     def _advance(self, seq: Choice, token: int, info: tuple[float, dict] | None) -> None:
-        """Append ``token`` to ``seq``, release the text that is safe to show, and finish it when done."""
-        tok = self.tokenizer
-        seq.new.append(token)
-        seq.pending = None
-        eot = token == tok.eot_id
-        ids = seq.new[:-1] if eot else seq.new
-        text = tok.decode(ids)
-        finish = None
-        stop_at = [text.find(s) for s in seq.stops if s and s in text]
-        if stop_at:
-            text, finish = text[: min(stop_at)], "stop"
-        elif eot:
-            finish = "stop"
-        elif len(seq.new) >= seq.max_tokens:
-            finish = "length"
-        if finish is None:
-            safe = len(text)
-            while safe > seq.released and text[safe - 1] == "\ufffd":  # maybe half a UTF-8 character
-                safe -= 1
-            for s in seq.stops:  # hold back a tail that may become a stop string
-                for k in range(min(len(s) - 1, safe - seq.released), 0, -1):
-                    if text[:safe].endswith(s[:k]):
-                        safe -= k
-                        break
-        else:
-            safe = len(text)
-        delta = text[seq.released : max(safe, seq.released)]
-        seq.released = max(safe, seq.released)
-        tokens = []
-        if info is not None and not eot:
-            offset = len(tok.decode(seq.new[:-1]))
-            if finish != "stop" or offset < len(text):  # a token wholly inside the stop string is not shown
-                tokens.append(TokenInfo(tok.decode([token]), info[0], info[1], seq.prefix_len + offset))
+        """Append ``token`` to ``seq`` (its ``TextStream``), send the text it releases, and finish it when done."""
+        released = seq.stream.push(token, info)
+        finish = FINISH_REASONS.get(released.finish_reason, released.finish_reason)
         if finish is not None:
-            seq.emit(Event(delta, tokens, finish, len(seq.new)))
+            seq.emit(Event(released.text, released.tokens, finish, len(seq.new)))
             seq.cancelled = True  # leaves at the next compaction
         else:
-            seq.emit(Event(delta, tokens))
+            seq.emit(Event(released.text, released.tokens))
 
     def _compact(self) -> None:
         """Drop finished / cancelled rows; the last running row moves into each freed slot."""
@@ -434,22 +370,3 @@ class Engine:
         for s, row in zip(seqs, logits):
             s.pending = row
             s.cached += 1
-
-
-def _pieces(tokenizer, ids: list[int]) -> list[str]:
-    return [tokenizer.decode([i]) for i in ids]
-
-
-def _offsets(tokenizer, ids: list[int]) -> list[int]:
-    """Character offset of each token's text in ``decode(ids)``."""
-    return [len(tokenizer.decode(ids[:i])) for i in range(len(ids))]
-
-
-def new_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator for one choice: seeded when the request gives a seed, from fresh entropy otherwise."""
-    g = torch.Generator(device=device)
-    if seed is None:
-        g.seed()
-    else:
-        g.manual_seed(reduce_seed(seed))  # any integer, as SamplingSettings: seed mod 2**64
-    return g

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from multimodal.sampling import SamplingSettings
-from multimodal.serve.engine import Choice, Event, new_generator
+from multimodal.serve.engine import Choice, Event
 from multimodal.serve.protocol import APIError
 from multimodal.serve.service import Served, Service, in_range
 
@@ -107,8 +107,7 @@ class Generation:
         self.choices: list[Choice] = []
         for p, (ids, text) in enumerate(prompts):
             for j in range(params.n):
-                seed = None if st.seed is None else st.seed + j
-                generator = new_generator(seed, engine.device) if st.temperature > 0 else None
+                generator = st.row_generator(j, engine.device)  # seed + j, or fresh entropy; None when greedy
                 emit = sink(p * params.n + j)
                 self.choices.append(
                     Choice(

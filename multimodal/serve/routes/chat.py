@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from multimodal.generation import SERVICE_START, prompt_ids
 from multimodal.serve.chat import TemplateError, normalise
 from multimodal.serve.generation import Generation, check_fits, check_params, stream_events
 from multimodal.serve.protocol import APIError, ChatRequest
@@ -40,7 +41,7 @@ def render_prompt(template, messages: list[dict], tok, max_chars: int) -> list[i
         text = template.render(normalise(messages, max_chars))
     except (TemplateError, ValueError) as e:
         raise APIError(400, str(e), "messages") from None
-    return tok.encode(text) or [tok.eot_id]
+    return prompt_ids(tok, text, SERVICE_START).ids
 
 
 @router.post("/chat/completions")
@@ -91,7 +92,8 @@ async def chat_completions(request: Request):
 
 
 def content_logprobs(tokens, k: int) -> list[dict]:
-    """The engine's ``TokenInfo``s in the chat format: token, logprob, UTF-8 bytes, ``k`` top alternatives."""
+    """``TokenInfo``s (``multimodal.generation``) in the chat format: token, logprob, UTF-8 bytes, ``k`` top
+    alternatives."""
 
     def entry(token: str, logprob: float) -> dict:
         return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8", "replace"))}

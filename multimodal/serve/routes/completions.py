@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from multimodal.generation import SERVICE_START, prompt_ids
 from multimodal.serve.generation import Generation, check_fits, check_params, stream_events
 from multimodal.serve.protocol import APIError, CompletionRequest
 from multimodal.serve.service import Limits, service_of
@@ -16,9 +17,9 @@ router = APIRouter()
 
 
 def tokenize_prompts(prompt, tok, vocab_size: int, max_chars: int) -> list[tuple[list[int], str | None]]:
-    """The request's prompt(s) → (token ids, text as sent or None for token prompts). An empty prompt is the
-    end-of-text token (the start of a document), as ``GPT.generate``. Text longer than ``max_chars`` is refused
-    before it is tokenised."""
+    """The request's prompt(s) → (token ids, text as sent or None for token prompts), read as given
+    (``multimodal.generation.SERVICE_START``): an empty prompt is the end-of-text token, as ``GPT.generate``.
+    Text longer than ``max_chars`` is refused before it is tokenised."""
     if prompt is None:
         prompt = ""
     if isinstance(prompt, str):
@@ -36,12 +37,12 @@ def tokenize_prompts(prompt, tok, vocab_size: int, max_chars: int) -> list[tuple
     for item in items:
         if isinstance(item, str):
             ids = tok.encode(item)
-            out.append((ids or [tok.eot_id], item if ids else ""))
+            out.append((prompt_ids(tok, ids, SERVICE_START).ids, item if ids else ""))
         else:
             bad = [t for t in item if not 0 <= t < vocab_size]
             if bad:
                 raise APIError(400, f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})", "prompt")
-            out.append((list(item) or [tok.eot_id], None))
+            out.append((prompt_ids(tok, item, SERVICE_START).ids, None))
     return out
 
 
