@@ -26,7 +26,7 @@ from multimodal.cli import UsageError, add_device_flag, add_progress_flag, fail,
 
 
 def binding_scenes(split: str, count: int, seed: int = 0, size: int = 64) -> tuple[list, list[str]]:
-    """``count`` two-object scenes of ``split`` (images, captions), each caption with at least one swap."""
+    """``count`` two-object scenes of ``split`` (images, captions); scenes of two alike objects have no swap."""
     images, captions = [], []
     for i in range(count):
         s = shapes.make_sample(seed, split, i, 2, size)

@@ -37,8 +37,11 @@ def test_every_two_object_caption_has_a_swap_that_reads_as_another_scene():
     for i in range(200):
         s = shapes.make_sample(0, "train", i, 2, 16)
         swaps = shapes.swapped_captions(s["caption"])
-        assert swaps, s["caption"]
         want = shapes.parse_caption(s["caption"])
+        if want[0] == want[1]:  # "a green circle and a green circle": nothing to swap
+            assert swaps == {}
+            continue
+        assert swaps, s["caption"]
         for kind, text in swaps.items():
             assert text != s["caption"]
             got = shapes.parse_caption(text)
@@ -55,9 +58,9 @@ def test_hard_negatives_enter_the_image_to_text_loss_only():
     plain = loss(image, text, scale)
     assert torch.allclose(loss(image, text, scale, None), plain)
     assert torch.allclose(loss(image, text, scale, text[:0]), plain)
-    # a negative as close to image 0 as its own caption makes the loss larger; a far one barely moves it
-    assert loss(image, text, scale, text[:1]) > plain + 0.05
-    assert loss(image, text, scale, -image[:1]) < plain + 0.01
+    # a negative as close to image 0 as its own caption makes the loss larger, far more than an opposite one
+    near, far = loss(image, text, scale, text[:1]), loss(image, text, scale, -image[:1])
+    assert near > plain + 0.05 and near - plain > 3 * (far - plain) >= 0
     negative = torch.randn(2, 8, requires_grad=True)
     loss(image, text, scale, F.normalize(negative, dim=-1)).backward()
     assert negative.grad is not None and negative.grad.abs().sum() > 0
