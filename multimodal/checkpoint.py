@@ -232,8 +232,8 @@ def build(meta: dict, state: dict[str, torch.Tensor], path: Path, directory: Pat
     its parameter names and shapes compared with ``state``: a config that does not match its weights (or asks
     for a model far larger than they are) is a one-line error before anything is allocated."""
     kind = meta.get("kind")
-    cls = model_class(kind)
     try:
+        cls = model_class(kind)
         config = config_from_dict(cls, meta.get("config", {}))
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None

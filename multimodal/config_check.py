@@ -29,7 +29,7 @@ def config_from_dict(cls: type, data: Any) -> Any:
     Every field's value is checked against its annotation (``int``, ``float``, ``bool``, ``str``, ``X | None``,
     ``Literal``, ``list[X]``, ``tuple``, ``dict``, nested dataclasses, recursively), numbers are finite and
     counts not negative; the first problem is a one-line ``CheckpointError`` naming the field
-    (``config.text.width: expected int, got str 'four'``)."""
+    (``config.text.width: expected int, got a string "four"``)."""
     return _dataclass_from(cls.config_class, data, "config")
 
 

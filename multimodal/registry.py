@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 ENTRY_POINT_GROUP = "multimodal.heads"
-INSTALL_HINT = "install the suite so its heads register themselves: pip install -e ."
+INSTALL_HINT = "is the package of its head installed? the suite's heads register themselves once it is: pip install -e ."
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def _unknown(what: str, known: list[str]) -> CheckpointError:
         return CheckpointError(f"{what} (heads that failed to import: {broken})")
     if not known:
         return CheckpointError(f"{what}: no head is registered ({INSTALL_HINT})")
-    return CheckpointError(f"{what} (known: {', '.join(sorted(known))}; a head not listed: {INSTALL_HINT})")
+    return CheckpointError(f"{what} (known: {', '.join(sorted(set(known)))}; {INSTALL_HINT})")
 
 
 def model_class(kind: str) -> type[nn.Module]:
