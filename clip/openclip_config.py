@@ -225,7 +225,9 @@ def config_from_openclip(cfg: dict, quick_gelu: bool | None = None, preprocess: 
         )
         config = CLIPConfig(embed_dim=fields.embed_dim, vision=vision, text=text)
     except (ValueError, TypeError, ZeroDivisionError, AssertionError) as e:
-        raise CheckpointError(f"not a valid open_clip config: {str(e).splitlines()[0] if str(e) else e!r}") from None
+        raise CheckpointError(
+            f"not a valid open_clip config: {(str(e).splitlines() or [type(e).__name__])[0]}"
+        ) from None
     if text.vocab_size != 49408:
         raise CheckpointError(f"text vocab_size {text.vocab_size}: only CLIP's BPE tokenizer (49408) is supported")
     return config

@@ -280,4 +280,3 @@ def _build_on_meta(cls: type, config: Any, state: dict[str, torch.Tensor], path:
     except (TypeError, ValueError, RuntimeError, KeyError, AssertionError, ZeroDivisionError) as e:
         raise CheckpointError(f"{path}: cannot build the {kind!r} model from its config: {_first_line(e)}") from None
     return model.eval()
-

@@ -110,6 +110,9 @@ def _checked(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1 and dataclasses.is_dataclass(options[0]) and isinstance(value, dict):
+            return _checked(value, options[0], where)  # an optional object: the error names the field inside it
         for option in (a for a in args if a is not type(None)):
             try:
                 return _checked(value, option, where)

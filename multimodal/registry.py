@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 ENTRY_POINT_GROUP = "multimodal.heads"
-INSTALL_HINT = "is the package of its head installed? the suite's heads register themselves once it is: pip install -e ."
+INSTALL_HINT = (
+    "is the package of its head installed? the suite's heads register themselves once it is: pip install -e ."
+)
 
 
 @dataclass(frozen=True)

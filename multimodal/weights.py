@@ -184,7 +184,6 @@ def describe_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tenso
     return None
 
 
-
 # -- precision ----------------------------------------------------------------------------------------------
 def to_dtype(precision: torch.dtype | str) -> torch.dtype:
     """``fp32`` | ``bf16`` | ``fp16`` (or a ``torch.dtype``) → the ``torch.dtype``."""

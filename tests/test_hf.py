@@ -82,7 +82,7 @@ def hf_copy(gpt2_dir, tmp_path, **fields):
         ("layer_norm_epsilon", "tiny", "layer_norm_epsilon: expected float"),
         ("n_inner", [256], "n_inner: expected int | null, got a list"),
         ("activation_function", 3, "activation_function: expected str"),
-        ("n_positions", -1, "n_positions: must not be negative"),
+        ("n_positions", -1, "n_positions: expected int | null, got a number -1"),
     ],
 )
 def test_a_wrong_typed_hf_config_field_is_one_line_naming_it(gpt2_dir, tmp_path, capsys, field, value, says):

@@ -89,7 +89,7 @@ def config_from_hf(hf: dict) -> GPTConfig:
         )
         return GPTConfig(vocab_size=f.vocab_size, context_length=context, tokenizer="gpt2", backbone=backbone)
     except (ValueError, TypeError, ZeroDivisionError, AssertionError) as e:
-        raise CheckpointError(f"not a valid GPT-2 config: {str(e).splitlines()[0] if str(e) else e!r}") from None
+        raise CheckpointError(f"not a valid GPT-2 config: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
 
 
 def _weights_file(directory: Path) -> Path:
