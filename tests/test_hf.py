@@ -130,3 +130,19 @@ def test_an_hf_config_that_cannot_be_built_is_one_line(gpt2_dir, tmp_path):
     bad = hf_copy(gpt2_dir, tmp_path, n_head=3)  # 64 is not divisible by 3
     with pytest.raises(CheckpointError, match="not a valid GPT-2 config: width 64 is not divisible by heads 3"):
         load_model(bad)
+
+
+def test_the_service_loads_through_the_same_factory_and_names_the_flag(gpt2_dir, tmp_path):
+    """``python -m multimodal.serve --gpt HFDIR``: the same one-line error, prefixed by the flag that named it."""
+    pytest.importorskip("fastapi", reason="the service's extra (pip install 'multimodal-suite[serve]')")
+    from multimodal.serve.cli import build_parser, load_models
+
+    bad = hf_copy(gpt2_dir, tmp_path, n_embd="64")
+    with pytest.raises(CheckpointError) as e:
+        load_models(build_parser().parse_args(["--gpt", str(bad), "--no-packaged"]), torch.device("cpu"))
+    assert str(e.value) == f'--gpt: {bad / "config.json"}: n_embd: expected int, got a string "64"'
+    (served,) = load_models(build_parser().parse_args(["--gpt", str(gpt2_dir), "--no-packaged"]), torch.device("cpu"))
+    try:
+        assert served.kind == "gpt" and served.source == str(gpt2_dir) and served.model.tokenizer is not None
+    finally:
+        served.engine.close()
