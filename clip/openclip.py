@@ -32,226 +32,17 @@ import torch
 from torch import Tensor
 
 from clip.model import CLIP, CLIPConfig, TextConfig, VisionConfig, imagenet_templates  # noqa: F401 - re-exported
-from multimodal.checkpoint import (
-    CheckpointError,
-    load_model,
-    load_state_file,
-    packaged_model_path,
-    resolve,
-    save_export,
+from clip.openclip_config import (  # noqa: F401 - re-exported: the config half of the converter
+    config_from_openclip,
+    config_to_openclip,
+    known_model_names,
+    openclip_model_config,
 )
+from multimodal.checkpoint import CheckpointError, load_model, load_state_file, packaged_model_path, save_export
 from multimodal.cli import check_writable, fail
-from multimodal.images import OPENAI_MEAN, OPENAI_STD
-from multimodal.tokenizers import openclip_dir
-from multimodal.transformer import TransformerConfig
 
-# open_clip config fields we read (everything else must be absent or at its default).
-_VISION_DEFAULTS = {
-    "ls_init_value": None,
-    "patch_dropout": 0.0,
-    "attentional_pool": False,
-    "pos_embed_type": "learnable",
-    "output_tokens": False,
-    "act_kwargs": None,
-    "block_type": None,
-    "qk_norm": False,
-    "scaled_cosine_attn": False,
-    "scale_heads": False,
-    "scale_attn_inner": False,
-    "scale_attn": False,
-    "scale_fc": False,
-    "timm_model_name": None,
-}
-_TEXT_DEFAULTS = {
-    "hf_tokenizer_name": None,
-    "tokenizer_mode": None,
-    "tokenizer_kwargs": None,
-    "ls_init_value": None,
-    "embed_cls": False,
-    "pad_id": 0,
-    "proj_type": "linear",
-    "output_tokens": False,
-    "act_kwargs": None,
-    "block_type": None,
-    "qk_norm": False,
-    "scaled_cosine_attn": False,
-    "scale_heads": False,
-    "scale_attn_inner": False,
-    "scale_attn": False,
-    "scale_fc": False,
-    "hf_model_name": None,
-}
 # Keys that OpenAI's original state dicts carry besides weights.
 _IGNORED_KEYS = {"input_resolution", "context_length", "vocab_size", "attn_mask", "visual.attn_mask"}
-
-
-# -- open_clip's files without its package import ------------------------------------------------
-def _openclip_dir() -> Path:
-    try:
-        return openclip_dir()
-    except ImportError as e:
-        raise CheckpointError(str(e)) from None
-
-
-# -- configs ------------------------------------------------------------------------------------
-def known_model_names() -> list[str]:
-    return sorted(p.stem for p in (_openclip_dir() / "model_configs").glob("ViT-*.json"))
-
-
-def openclip_model_config(name_or_path: str | Path) -> dict:
-    """An open_clip model config dict from a name (``ViT-B-32``) or a json file."""
-    path = Path(name_or_path)
-    if path.suffix == ".json" or path.is_file():
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such config file")
-        try:
-            cfg = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-        if "model_cfg" in cfg:  # the hub's open_clip_config.json
-            out = dict(cfg["model_cfg"])
-            if "preprocess_cfg" in cfg:
-                out["preprocess_cfg"] = cfg["preprocess_cfg"]
-            cfg = out
-        if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
-            raise CheckpointError(f"{path}: not an open_clip model config (needs vision_cfg and text_cfg)")
-        return cfg
-    name = str(name_or_path)
-    file = _openclip_dir() / "model_configs" / f"{name}.json"
-    if not file.is_file():
-        close = [n for n in known_model_names() if n.lower().startswith(name.lower().split("-quickgelu")[0][:5])]
-        raise CheckpointError(
-            f"unknown open_clip model {name!r} (ViT models: {', '.join(close or known_model_names())})"
-        )
-    return json.loads(file.read_text())
-
-
-def _check_defaults(part: dict, defaults: dict, where: str) -> None:
-    for k, default in defaults.items():
-        if k in part and part[k] != default and not (default is None and part[k] in ({}, None)):
-            raise CheckpointError(f"open_clip {where}.{k}={part[k]!r} is not supported by this CLIP (ViT towers only)")
-
-
-def config_from_openclip(cfg: dict, quick_gelu: bool | None = None, preprocess: dict | None = None) -> CLIPConfig:
-    """``CLIPConfig`` from an open_clip model config dict.
-
-    ``quick_gelu`` overrides the config's flag only when the weights' source says so (the ``openai`` tag).
-    """
-    if cfg.get("custom_text") and cfg["text_cfg"].get("hf_model_name"):
-        raise CheckpointError("open_clip configs with a Hugging Face text tower are not supported")
-    if cfg.get("init_logit_bias") is not None:
-        raise CheckpointError("open_clip configs with a logit bias (SigLIP) are not supported")
-    v, t = dict(cfg["vision_cfg"]), dict(cfg["text_cfg"])
-    _check_defaults(v, _VISION_DEFAULTS, "vision_cfg")
-    _check_defaults(t, _TEXT_DEFAULTS, "text_cfg")
-    if isinstance(v.get("layers", 12), (list, tuple)):
-        raise CheckpointError("ResNet image towers are not supported (ViT only)")
-    image_size = v.get("image_size", 224)
-    patch = v.get("patch_size", 16)
-    if isinstance(image_size, (list, tuple)):
-        if len(set(image_size)) != 1:
-            raise CheckpointError(f"non-square image_size {image_size} is not supported")
-        image_size = image_size[0]
-    if isinstance(patch, (list, tuple)):
-        patch = patch[0]
-    eps = {(v.get("norm_kwargs") or {}).get("eps", 1e-5), (t.get("norm_kwargs") or {}).get("eps", 1e-5)}
-    if len(eps) != 1:
-        raise CheckpointError("different LayerNorm eps in the two towers is not supported")
-    preprocess = preprocess or cfg.get("preprocess_cfg") or {}
-    quick = bool(cfg.get("quick_gelu", False)) if quick_gelu is None else quick_gelu
-    blocks = {"activation": "quick_gelu" if quick else "gelu", "norm_eps": eps.pop()}
-    width = v.get("width", 768)
-    vision = VisionConfig(
-        image_size=image_size,
-        patch_size=patch,
-        backbone=TransformerConfig(
-            width=width,
-            layers=v.get("layers", 12),
-            heads=width // v.get("head_width", 64),
-            mlp_ratio=v.get("mlp_ratio", 4.0),
-            **blocks,
-        ),
-        pool_type=v.get("pool_type", "tok"),
-        final_ln_after_pool=v.get("final_ln_after_pool", False),
-        no_ln_pre=v.get("no_ln_pre", False),
-        image_mean=tuple(preprocess.get("mean", OPENAI_MEAN)),
-        image_std=tuple(preprocess.get("std", OPENAI_STD)),
-        interpolation=preprocess.get("interpolation", "bicubic"),
-        resize_mode=preprocess.get("resize_mode", "shortest"),
-    )
-    if t.get("final_ln_after_pool"):
-        pass  # LayerNorm is per token: pooling before or after it is the same
-    text = TextConfig(
-        context_length=t.get("context_length", 77),
-        vocab_size=t.get("vocab_size", 49408),
-        backbone=TransformerConfig(
-            width=t.get("width", 512),
-            heads=t.get("heads", 8),
-            layers=t.get("layers", 12),
-            mlp_ratio=t.get("mlp_ratio", 4.0),
-            **blocks,
-        ),
-        pool_type=t.get("pool_type", "argmax"),
-        eos_id=t.get("eos_id", 49407) if t.get("pool_type") == "eos" else 49407,
-        causal=not t.get("no_causal_mask", False),
-        proj_bias=t.get("proj_bias", False),
-        tokenizer="clip",
-    )
-    if text.vocab_size != 49408:
-        raise CheckpointError(f"text vocab_size {text.vocab_size}: only CLIP's BPE tokenizer (49408) is supported")
-    return CLIPConfig(embed_dim=cfg.get("embed_dim", 512), vision=vision, text=text)
-
-
-def config_to_openclip(config: CLIPConfig) -> dict:
-    """The open_clip model config dict of ``config`` (for ``open_clip.create_model(..., **cfg)`` or a json)."""
-    v, t = config.vision, config.text
-    vb, tb = v.backbone, t.backbone
-    for f in ("activation", "norm_eps"):
-        if getattr(vb, f) != getattr(tb, f):
-            raise CheckpointError(f"backbone.{f} differs between the towers; open_clip sets it once for both")
-    if vb.activation not in ("gelu", "quick_gelu"):
-        raise CheckpointError(f"backbone.activation {vb.activation!r}: open_clip towers use gelu or quick_gelu")
-    if not (vb.bias and tb.bias):
-        raise CheckpointError("backbone.bias=False: open_clip's towers always have biases")
-    if config.text.tokenizer != "clip":
-        raise CheckpointError(f"open_clip models use CLIP's BPE tokenizer; this one uses {t.tokenizer!r}")
-    out: dict[str, Any] = {
-        "embed_dim": config.embed_dim,
-        "quick_gelu": config.quick_gelu,
-        "vision_cfg": {
-            "image_size": v.image_size,
-            "layers": vb.layers,
-            "width": vb.width,
-            "head_width": vb.width // vb.heads,
-            "mlp_ratio": vb.mlp_ratio,
-            "patch_size": v.patch_size,
-            "pool_type": v.pool_type,
-            "final_ln_after_pool": v.final_ln_after_pool,
-            "no_ln_pre": v.no_ln_pre,
-        },
-        "text_cfg": {
-            "context_length": t.context_length,
-            "vocab_size": t.vocab_size,
-            "width": tb.width,
-            "heads": tb.heads,
-            "layers": tb.layers,
-            "mlp_ratio": tb.mlp_ratio,
-            "pool_type": t.pool_type,
-            "no_causal_mask": not t.causal,
-            "proj_bias": t.proj_bias,
-        },
-        "preprocess_cfg": {
-            "mean": list(v.image_mean),
-            "std": list(v.image_std),
-            "interpolation": v.interpolation,
-            "resize_mode": v.resize_mode,
-        },
-    }
-    if t.pool_type == "eos":
-        out["text_cfg"]["eos_id"] = t.eos_id
-    if vb.norm_eps != 1e-5:
-        out["vision_cfg"]["norm_kwargs"] = out["text_cfg"]["norm_kwargs"] = {"eps": vb.norm_eps}
-    return out
 
 
 # -- state dicts --------------------------------------------------------------------------------
@@ -409,59 +200,28 @@ def _pretrained_file(name: str, tag: str) -> tuple[str, dict]:
         raise CheckpointError(f"could not download {name} {tag}: {str(e).splitlines()[0][:200]}") from None
 
 
-def load_clip(checkpoint: str | Path | None = None, model: str | None = None, pretrained: str | None = None) -> CLIP:
-    """Our ``CLIP`` from the CLIs' model flags: ``checkpoint`` an export directory, a Lightning ``.ckpt``, the
-    packaged ``"clip"``, or (with ``model``, an open_clip config name) an open_clip weights file; neither:
-    open_clip's pretrained ``model`` / ``pretrained`` (downloaded once). ``model="shapes"``: the packaged demo."""
-    if model == "shapes" and checkpoint is None:
-        checkpoint, model = packaged_model_path("clip"), None
-    if checkpoint is not None:
-        path = Path(checkpoint) if model is not None else resolve(checkpoint)
-        if not path.exists():
-            raise CheckpointError(f"{path}: no such file or directory")
-        if model is not None:  # an open_clip weights file for the named config
-            return load_openclip(model, path)
-        if path.is_file() and path.suffix in (".bin", ".pt", ".pth", ".safetensors"):
-            raise CheckpointError(f"{path}: open_clip weights need --model NAME (e.g. --model ViT-B-32)")
-        return _load_fast(path) if path.is_dir() else load_model(path, "clip")
-    name, tag = model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED
+def load_pretrained(name_and_tag: str) -> CLIP:
+    """Our ``CLIP`` from open_clip's pretrained ``NAME`` or ``NAME/TAG`` (``ViT-B-32/openai``; the default tag
+    when none is given), downloaded once: ``multimodal.load("open_clip:ViT-B-32/openai")``."""
+    name, _, tag = name_and_tag.partition("/")
+    tag = tag or DEFAULT_PRETRAINED
     file, cfg = _pretrained_file(name, tag)
     quick_gelu = True if (cfg.get("quick_gelu") or tag == "openai") else None
     return load_openclip(name, file, quick_gelu=quick_gelu, preprocess=cfg)
 
 
-def _load_fast(path: Path):
-    """Our export directory without a random init (the weights are assigned onto a meta-device model)."""
-    from multimodal.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+def load_clip(checkpoint: str | Path | None = None, model: str | None = None, pretrained: str | None = None) -> CLIP:
+    """The CLIs' CLIP flags → ``multimodal.load``: ``checkpoint`` anything it reads (an export directory, a Lightning
+    ``.ckpt``, the packaged ``"clip"``, an open_clip ``local-dir:``), or with ``model`` (an open_clip config name)
+    an open_clip weights file; neither: open_clip's pretrained ``model`` / ``pretrained`` (downloaded once).
+    ``model="shapes"``: the packaged demo."""
+    import multimodal
 
-    if not (path / CONFIG_FILE).is_file() and (path / OPENCLIP_CONFIG_FILE).is_file():
-        return load_openclip_dir(path)
-    try:
-        meta = json.loads((path / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        return load_model(path, "clip")  # lets checkpoint.py word the error
-    if not isinstance(meta, dict) or meta.get("kind") != "clip" or not (path / WEIGHTS_FILE).is_file():
-        return load_model(path, "clip")
-    from multimodal.checkpoint import config_from_dict, describe_mismatch
-
-    if not isinstance(meta.get("config", {}), dict):
-        return load_model(path, "clip")  # lets checkpoint.py word the error
-    try:
-        config = config_from_dict(CLIP, meta.get("config", {}))
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    state = load_state_file(path / WEIGHTS_FILE)
-    try:
-        with torch.device("meta"):
-            mismatch = describe_mismatch(CLIP(config).state_dict(), state)
-    except (RuntimeError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: cannot build the 'clip' model from its config: {str(e)[:160]}") from None
-    if mismatch:
-        raise CheckpointError(f"{path}: weights do not match its config ({mismatch})")
-    try:
-        return build_from_state(config, state)
-    except (RuntimeError, KeyError) as e:
-        raise CheckpointError(f"{path}: weights do not match its config ({str(e).splitlines()[0][:160]})") from None
+    if model == "shapes" and checkpoint is None:
+        return multimodal.load(packaged_model_path("clip"), "clip")
+    if checkpoint is not None:
+        return multimodal.load(checkpoint, "clip", arch=model)
+    return multimodal.load(f"open_clip:{model or DEFAULT_MODEL}/{pretrained or DEFAULT_PRETRAINED}", "clip")
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -498,7 +258,12 @@ def load_openclip(
 ) -> CLIP:
     """Our ``CLIP`` from an open_clip config (name, json path or dict) and a local weights file."""
     cfg = model if isinstance(model, dict) else openclip_model_config(model)
-    config = config_from_openclip(cfg, quick_gelu, preprocess)
+    try:
+        config = config_from_openclip(cfg, quick_gelu, preprocess)
+    except CheckpointError as e:
+        if isinstance(model, dict) or not Path(model).is_file():
+            raise
+        raise CheckpointError(f"{model}: {e}") from None
     state = convert_openclip_state_dict(read_weights(weights), config, weights)
     return build_from_state(config, state)
 
@@ -542,6 +307,8 @@ def export_openclip(model: CLIP, directory: str | Path) -> Path:
 def load_openclip_dir(directory: str | Path) -> CLIP:
     """Our ``CLIP`` from an open_clip ``local-dir:`` directory (``open_clip_config.json`` + weights)."""
     directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such directory (open_clip's local-dir: layout)")
     weights = next((directory / n for n in _OPENCLIP_WEIGHTS if (directory / n).is_file()), None)
     if weights is None:
         raise CheckpointError(f"{directory}: {OPENCLIP_CONFIG_FILE} but no weights ({OPENCLIP_WEIGHTS_FILE})")

@@ -196,3 +196,57 @@ def test_openclip_import_cli_writes_an_export_with_the_peer_s_features(tmp_path,
     assert len(err) == 2 and all(line.startswith("error: ") for line in err) and "Traceback" not in "".join(err)
     assert "not a model export" in err[0] and "junk.bin" in err[1]
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]
+
+
+# -- every open_clip source through the one factory ---------------------------------------------------------------
+def test_multimodal_load_reads_local_dir_and_weights_with_their_model_name(tmp_path):
+    import multimodal
+    from clip.openclip import export_openclip, to_openclip_state_dict
+    from tests.clip_helpers import tiny_model
+
+    ours = tiny_model(seed=4)
+    export_openclip(ours, tmp_path / "oc")
+    weights = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in to_openclip_state_dict(ours).items()}, str(weights))
+    config = tmp_path / "oc" / "open_clip_config.json"
+    ids = ours.tokenize(TEXTS)
+    for source, arch in ((tmp_path / "oc", None), (f"local-dir:{tmp_path / 'oc'}", None), (weights, config)):
+        again = multimodal.load(source, "clip", arch=arch)
+        assert again.kind == "clip" and not again.training
+        with torch.no_grad():
+            torch.testing.assert_close(again.encode_text(ids), ours.encode_text(ids))
+    with pytest.raises(CheckpointError, match="this is a 'clip' checkpoint, expected 'gpt'"):
+        multimodal.load(f"local-dir:{tmp_path / 'oc'}", "gpt")
+    with pytest.raises(CheckpointError, match="open_clip weights need their model name, e.g. ViT-B-32"):
+        multimodal.load(weights, "clip")  # no arch: the hint, not a guess
+    with pytest.raises(CheckpointError, match="no such directory"):
+        multimodal.load(f"local-dir:{tmp_path / 'missing'}")
+
+
+@pytest.mark.parametrize(
+    "part, field, value, says",
+    [
+        ("vision_cfg", "width", "wide", 'vision_cfg.width: expected int, got a string "wide"'),
+        ("text_cfg", "heads", 2.5, "text_cfg.heads: expected int, got a number 2.5"),
+        ("text_cfg", "no_causal_mask", "no", "text_cfg.no_causal_mask: expected bool"),
+        ("vision_cfg", "norm_kwargs", {"eps": "small"}, "vision_cfg.norm_kwargs.eps: expected float"),
+        ("vision_cfg", "head_width", 0, "not a valid open_clip config"),
+        (None, "embed_dim", None, "embed_dim: expected int, got null"),
+        (None, "vision_cfg", [], "vision_cfg: expected an object"),
+    ],
+)
+def test_a_wrong_typed_open_clip_config_field_is_one_line_naming_it(tmp_path, part, field, value, says):
+    import json
+
+    import multimodal
+    from clip.openclip import export_openclip
+    from tests.clip_helpers import tiny_model
+
+    export_openclip(tiny_model(), tmp_path / "oc")
+    path = tmp_path / "oc" / "open_clip_config.json"
+    cfg = json.loads(path.read_text())
+    (cfg["model_cfg"][part] if part else cfg["model_cfg"])[field] = value
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError) as e:
+        multimodal.load(tmp_path / "oc")
+    assert str(e.value).startswith(f"{path}: ") and says in str(e.value) and "\n" not in str(e.value)

@@ -166,6 +166,6 @@ def test_default_model_offline_and_shapes_hook(tmp_path, capsys, monkeypatch):
     code, out, err = run(capsys, "--labels", "cat,dog", tmp_path / "ok.png")
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and "offline" in err and "--checkpoint" in err
-    monkeypatch.setattr("multimodal.checkpoint.PACKAGED_DIR", tmp_path / "no-demo")
+    monkeypatch.setattr("multimodal.packaged.PACKAGED_DIR", tmp_path / "no-demo")
     code, out, err = run(capsys, "--model", "shapes", "--labels", "a,b", tmp_path / "ok.png")
     assert code == 2 and "packaged 'clip' model" in err and "multimodal.demo build" in err

@@ -142,7 +142,7 @@ def test_long_prompt_is_truncated_with_a_warning(ckpt, tmp_path, capsys):
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(ckpt, tmp_path, capsys, monkeypatch, extra, message):
-    monkeypatch.setattr("multimodal.checkpoint.PACKAGED_DIR", tmp_path / "no-demo-models")
+    monkeypatch.setattr("multimodal.packaged.PACKAGED_DIR", tmp_path / "no-demo-models")
     from multimodal.checkpoint import save_export
     from multimodal.gpt import GPT, GPTConfig
 

@@ -328,7 +328,7 @@ def test_fuzz(tool, files, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # default outputs (dalle.png) land here
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("sys.stdin", io.StringIO("text read from standard input"))  # score -
-    monkeypatch.setattr("multimodal.checkpoint.PACKAGED_DIR", tmp_path / "no-packaged-models")
+    monkeypatch.setattr("multimodal.packaged.PACKAGED_DIR", tmp_path / "no-packaged-models")
     rng = random.Random(f"issue-17:{tool}")
     module = importlib.import_module(TOOLS[tool][0])
     for _ in range(CASES_PER_TOOL):

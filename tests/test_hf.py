@@ -60,3 +60,89 @@ def test_hf_shape_mismatch_is_one_line_error(gpt2_dir, tmp_path):
     with pytest.raises(CheckpointError, match="shape") as e:
         load_model(bad)
     assert "\n" not in str(e.value)
+
+
+def hf_copy(gpt2_dir, tmp_path, **fields):
+    """``gpt2_dir`` copied, its ``config.json`` fields replaced by ``fields``."""
+    out = tmp_path / "hf"
+    out.mkdir()
+    for f in gpt2_dir.iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, **fields}))
+    return out
+
+
+@pytest.mark.parametrize(
+    "field, value, says",
+    [
+        ("n_embd", "64", 'n_embd: expected int, got a string "64"'),
+        ("n_layer", 2.5, "n_layer: expected int"),
+        ("n_head", None, "n_head: expected int, got null"),
+        ("layer_norm_epsilon", "tiny", "layer_norm_epsilon: expected float"),
+        ("n_inner", [256], "n_inner: expected int | null, got a list"),
+        ("activation_function", 3, "activation_function: expected str"),
+        ("n_positions", -1, "n_positions: expected int | null, got a number -1"),
+    ],
+)
+def test_a_wrong_typed_hf_config_field_is_one_line_naming_it(gpt2_dir, tmp_path, capsys, field, value, says):
+    """``generate`` and ``score`` on a Hugging Face directory whose config.json has a field of the wrong type:
+    one ``error:`` line naming the file and the field, exit 2 (it was a traceback)."""
+    import multimodal
+    from multimodal.gpt.generate import main as generate
+    from multimodal.gpt.score import main as score
+
+    bad = hf_copy(gpt2_dir, tmp_path, **{field: value})
+    with pytest.raises(CheckpointError, match="config.json: " + says.split(":")[0]) as e:
+        multimodal.load(bad)
+    assert says in str(e.value) and "\n" not in str(e.value)
+    for tool, args in ((generate, ["the cat", "--max-tokens", "2"]), (score, ["the cat"])):
+        assert tool([*args, "--checkpoint", str(bad)]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert err.startswith("error:") and "\n" not in err and says in err and captured.out == ""
+
+
+def test_the_generate_alias_prints_no_traceback_for_a_bad_hf_config(gpt2_dir, tmp_path):
+    """``python -m multimodal.generate`` itself, as a user runs it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bad = hf_copy(gpt2_dir, tmp_path, n_head="four")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [sys.executable, "-m", "multimodal.generate", "hi", "--checkpoint", str(bad)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == [
+        f'error: {bad / "config.json"}: n_head: expected int, got a string "four"'
+    ]
+
+
+def test_an_hf_config_that_cannot_be_built_is_one_line(gpt2_dir, tmp_path):
+    bad = hf_copy(gpt2_dir, tmp_path, n_head=3)  # 64 is not divisible by 3
+    with pytest.raises(CheckpointError, match="not a valid GPT-2 config: width 64 is not divisible by heads 3"):
+        load_model(bad)
+
+
+def test_the_service_loads_through_the_same_factory_and_names_the_flag(gpt2_dir, tmp_path):
+    """``python -m multimodal.serve --gpt HFDIR``: the same one-line error, prefixed by the flag that named it."""
+    pytest.importorskip("fastapi", reason="the service's extra (pip install 'multimodal-suite[serve]')")
+    from multimodal.serve.cli import build_parser, load_models
+
+    bad = hf_copy(gpt2_dir, tmp_path, n_embd="64")
+    with pytest.raises(CheckpointError) as e:
+        load_models(build_parser().parse_args(["--gpt", str(bad), "--no-packaged"]), torch.device("cpu"))
+    assert str(e.value) == f'--gpt: {bad / "config.json"}: n_embd: expected int, got a string "64"'
+    (served,) = load_models(build_parser().parse_args(["--gpt", str(gpt2_dir), "--no-packaged"]), torch.device("cpu"))
+    try:
+        assert served.kind == "gpt" and served.source == str(gpt2_dir) and served.model.tokenizer is not None
+    finally:
+        served.engine.close()

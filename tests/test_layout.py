@@ -5,11 +5,15 @@ imports no head; ``clip`` imports neither the GPT head nor ``dalle``; the GPT he
 ``dalle``; ``dalle`` may import ``clip`` (the rerank) and the GPT head (the warm start); nothing imports the
 applications (the demo, the service, the exporter, the CLI aliases). The README's layout table says the same
 (``tests/test_readme_layout.py`` compares the two).
+
+The core does not name a head either, not even in a string (``importlib.import_module("clip.model")`` is an
+arrow the import check cannot see): the heads register themselves (``multimodal/registry.py``).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,4 +121,65 @@ def test_the_checker_sees_wrong_way_arrows(tmp_path):
         "clip/loss.py (clip) imports multimodal.gpt.model (gpt)",
         "clip/model.py (clip) imports multimodal.demo (application)",
         "data/judge.py (data) imports multimodal.gpt.model (gpt)",
+    ]
+
+
+# A dotted module path (``clip.openclip``) or a file path (``data/tasks.py``, ``multimodal/gpt/``) inside a string.
+DOTTED = re.compile(r"(?<![\w.])[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
+SLASHED = re.compile(r"(?<![\w./])[A-Za-z_]\w*(?:/[A-Za-z_]\w*)+(?:\.py)?/?")
+
+
+def named_modules(text: str, modules: set[str]) -> set[str]:
+    """The modules of ours a string names: a dotted path or a file path that is one of ``modules`` (so the word
+    "clip" in prose, or ``data.items()`` in an example, is not one)."""
+    names = set(DOTTED.findall(text))
+    names |= {m.removesuffix("/").removesuffix(".py").replace("/", ".") for m in SLASHED.findall(text)}
+    return {n for n in names if n in modules}
+
+
+def head_names_in_core_strings(root: Path = ROOT) -> list[str]:
+    """Every string constant of a core module (docstrings and f-string parts too) that names a module of a head
+    or of ``data``."""
+    modules = {module_name(p, root) for pkg in PACKAGES for p in (root / pkg).rglob("*.py")}
+    modules |= {m.rsplit(".", 1)[0] for m in modules if "." in m}  # packages without an __init__ listed
+    heads = {m for m in modules if layer(m) in ("gpt", "clip", "dalle", "data")}
+    out = []
+    for path in sorted((root / "multimodal").rglob("*.py")):
+        if layer(module_name(path, root)) != "core":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for name in sorted(named_modules(node.value, heads)):
+                    out.append(f"{path.relative_to(root).as_posix()}:{node.lineno} names {name}")
+    return out
+
+
+def test_no_core_string_names_a_head():
+    assert head_names_in_core_strings() == []
+
+
+def test_the_checker_sees_head_names_in_core_strings(tmp_path):
+    files = {
+        "multimodal/__init__.py": "",
+        "multimodal/registry.py": 'KINDS = {"clip": "clip.model"}\n',
+        "multimodal/packaged.py": 'NOTE = f"knows only data/tasks.py\'s world, {1}"\n',
+        "multimodal/checkpoint.py": '"""Reads ``multimodal.gpt.hf`` directories."""\n',
+        "multimodal/tokenizers.py": 'NAME = "clip"  # a tokenizer\'s name, not a module\nX = "data.items()"\n',
+        "multimodal/demo.py": 'import importlib\nimportlib.import_module("dalle.model")  # an application\n',
+        "multimodal/gpt/__init__.py": "",
+        "multimodal/gpt/hf.py": 'LOADER = "multimodal.gpt.hf:load"  # a head names itself\n',
+        "clip/__init__.py": "",
+        "clip/model.py": "",
+        "dalle/__init__.py": "",
+        "dalle/model.py": "",
+        "data/__init__.py": "",
+        "data/tasks.py": "",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert head_names_in_core_strings(tmp_path) == [
+        "multimodal/checkpoint.py:1 names multimodal.gpt.hf",
+        "multimodal/packaged.py:1 names data.tasks",
+        "multimodal/registry.py:1 names clip.model",
     ]

@@ -9,11 +9,13 @@ is checked against ours before loading.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from multimodal.checkpoint import CheckpointError, load_state_file
+from multimodal.config_check import fields_from_dict
 from multimodal.gpt import GPT, GPTConfig
 from multimodal.tokenizers import GPT2Tokenizer
 from multimodal.transformer import TransformerConfig
@@ -42,30 +44,52 @@ TOP_KEYS = {
 }
 
 
+@dataclass
+class HFGPT2Fields:
+    """The fields of a Hugging Face GPT-2 ``config.json`` we read, typed, with ``GPT2Config``'s defaults (as
+    ``from_pretrained`` fills them); the many others such a file carries are left alone."""
+
+    extra_fields_allowed = True
+    model_type: str = "gpt2"
+    vocab_size: int = 50257
+    n_positions: int | None = None
+    n_ctx: int | None = None
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None
+    activation_function: str = "gelu_new"
+    layer_norm_epsilon: float = 1e-5
+    scale_attn_by_inverse_layer_idx: bool = False
+    reorder_and_upcast_attn: bool = False
+
+
 def config_from_hf(hf: dict) -> GPTConfig:
-    act = hf.get("activation_function", "gelu_new")
-    if act not in ACTIVATIONS:
-        raise CheckpointError(f"unsupported GPT-2 activation {act!r}")
-    width = hf["n_embd"]
-    inner = hf.get("n_inner") or 4 * width
-    if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
+    """Our ``GPTConfig`` from a GPT-2 ``config.json``, checked field by field: the first problem is a one-line
+    ``CheckpointError`` naming the field (``n_embd: expected int, got a string "32"``)."""
+    f = fields_from_dict(HFGPT2Fields, hf)
+    if f.activation_function not in ACTIVATIONS:
+        raise CheckpointError(f"activation_function: unsupported GPT-2 activation {f.activation_function!r}")
+    if f.scale_attn_by_inverse_layer_idx or f.reorder_and_upcast_attn:
         raise CheckpointError(
             "GPT-2 variants with scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported"
         )
-    backbone = TransformerConfig(
-        width=width,
-        layers=hf["n_layer"],
-        heads=hf["n_head"],
-        mlp_ratio=inner / width,
-        activation=ACTIVATIONS[act],
-        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-    )
-    return GPTConfig(
-        vocab_size=hf["vocab_size"],
-        context_length=hf.get("n_positions", hf.get("n_ctx", 1024)),
-        tokenizer="gpt2",
-        backbone=backbone,
-    )
+    if f.n_embd == 0:
+        raise CheckpointError("n_embd: must be positive, got 0")
+    inner = f.n_inner or 4 * f.n_embd
+    context = next((n for n in (f.n_positions, f.n_ctx) if n is not None), 1024)
+    try:
+        backbone = TransformerConfig(
+            width=f.n_embd,
+            layers=f.n_layer,
+            heads=f.n_head,
+            mlp_ratio=inner / f.n_embd,
+            activation=ACTIVATIONS[f.activation_function],
+            norm_eps=f.layer_norm_epsilon,
+        )
+        return GPTConfig(vocab_size=f.vocab_size, context_length=context, tokenizer="gpt2", backbone=backbone)
+    except (ValueError, TypeError, ZeroDivisionError, AssertionError) as e:
+        raise CheckpointError(f"not a valid GPT-2 config: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
 
 
 def _weights_file(directory: Path) -> Path:
@@ -99,23 +123,41 @@ def convert_hf_state(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[
 
 
 def load_hf_gpt2(directory: str | Path) -> GPT:
-    """A Hugging Face GPT-2 directory → our ``GPT`` (with its tokenizer if vocab.json + merges.txt exist)."""
+    """A Hugging Face GPT-2 directory → our ``GPT`` (with its tokenizer if vocab.json + merges.txt exist). The
+    config is checked field by field and the weights' names and shapes against a model built on the meta device,
+    so a bad directory is a one-line ``CheckpointError`` before anything large is allocated."""
     directory = Path(directory)
-    hf = json.loads((directory / "config.json").read_text())
-    if hf.get("model_type") != "gpt2":
-        raise CheckpointError(f"{directory}: model_type {hf.get('model_type')!r}, expected 'gpt2'")
-    config = config_from_hf(hf)
+    config_path = directory / "config.json"
+    try:
+        hf = json.loads(config_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{config_path}: cannot read it as JSON ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
+        found = hf.get("model_type") if isinstance(hf, dict) else None
+        raise CheckpointError(f"{directory}: model_type {found!r}, expected 'gpt2'")
+    try:
+        config = config_from_hf(hf)
+    except CheckpointError as e:
+        raise CheckpointError(f"{config_path}: {e}") from None
     state = convert_hf_state(load_state_file(_weights_file(directory)), config)
     tokenizer = GPT2Tokenizer.from_directory(directory) if (directory / "vocab.json").is_file() else None
-    model = GPT(config, tokenizer)
+    try:
+        with torch.device("meta"):
+            _check_shapes(GPT(config, tokenizer).state_dict(), state, directory)
+        model = GPT(config, tokenizer)
+    except (ValueError, RuntimeError, TypeError, AssertionError) as e:
+        raise CheckpointError(f"{directory}: cannot build the GPT of this config: {str(e).splitlines()[0]}") from None
     own = model.state_dict()
+    model.load_state_dict({k: state[k].to(v.dtype) for k, v in own.items()})
+    return model.eval()
+
+
+def _check_shapes(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], directory: Path) -> None:
     for k, v in own.items():
         if k not in state:
             raise CheckpointError(f"{directory}: no weight for {k}")
         if tuple(state[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{directory}: {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
-    model.load_state_dict({k: state[k].to(v.dtype) for k, v in own.items()})
-    return model.eval()
 
 
 # -- export --------------------------------------------------------------------------------------------------

@@ -355,7 +355,7 @@ def checkpoint_or_packaged(checkpoint: str | None) -> str:
     knows; a one-line ``CheckpointError`` when none is packaged."""
     import sys
 
-    from multimodal.checkpoint import GPT_TASKS_NOTE, CheckpointError, packaged_path
+    from multimodal.checkpoint import CheckpointError, packaged_note, packaged_path
 
     if checkpoint is not None:
         return checkpoint
@@ -365,22 +365,24 @@ def checkpoint_or_packaged(checkpoint: str | None) -> str:
             "no --checkpoint given and no GPT is packaged; build it with `python -m multimodal.demo build` "
             "or train configs/gpt/tasks.yaml and pass --checkpoint runs/gpt-tasks/export"
         )
-    print(GPT_TASKS_NOTE, file=sys.stderr)
+    print(packaged_note("gpt"), file=sys.stderr)
     return str(path)
 
 
-def load_text_model(checkpoint: str, device: str = "cpu", dtype: torch.dtype | str | None = None) -> GPT:
-    """A GPT with its tokenizer (weights in ``dtype``, default fp32), for the CLIs that read text; every failure
-    is a one-line ``CheckpointError``."""
-    from multimodal.checkpoint import CheckpointError, load_model
+def require_tokenizer(model: GPT, source: str) -> GPT:
+    """``model``, or a one-line ``CheckpointError`` when it cannot read text (no tokenizer files)."""
+    from multimodal.checkpoint import CheckpointError
 
-    try:
-        model = load_model(checkpoint, "gpt", dtype).to(device)
-    except (RuntimeError, ValueError) as e:  # e.g. a device that does not exist
-        raise CheckpointError(f"{checkpoint}: {str(e).splitlines()[0]}") from None
     if model.tokenizer is None:
-        raise CheckpointError(f"{checkpoint}: the checkpoint has no tokenizer files (vocab.json + merges.txt)")
+        raise CheckpointError(f"{source}: the checkpoint has no tokenizer files (vocab.json + merges.txt)")
     return model
+
+
+def load_text_model(checkpoint: str, device: str = "cpu", dtype: torch.dtype | str | None = None) -> GPT:
+    """``multimodal.load(checkpoint, "gpt")`` that must read text: a GPT with its tokenizer."""
+    import multimodal
+
+    return require_tokenizer(multimodal.load(checkpoint, "gpt", device=device, dtype=dtype), checkpoint)
 
 
 def load_cli_models(checkpoints: Sequence[str | None], device: str, precision: str) -> list[tuple[str, GPT]]:

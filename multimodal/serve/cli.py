@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from multimodal.checkpoint import CheckpointError, load_model, packaged_path
+from multimodal.checkpoint import CheckpointError, packaged_path
 from multimodal.cli import UsageError, add_device_flag, fail, resolve_device
 
 DEFAULT_HOST = "127.0.0.1"
@@ -100,53 +100,39 @@ def is_loopback(host: str) -> bool:
 
 
 def load_models(args: argparse.Namespace, device: torch.device) -> list:
-    """Every model to serve, loaded once; a bad checkpoint is a ``CheckpointError`` naming its flag."""
-    from clip.openclip import load_clip
-    from multimodal.gpt.model import load_text_model
-    from multimodal.serve.app import Served
+    """Every model to serve, loaded once, each through ``multimodal.load``; a bad checkpoint is a
+    ``CheckpointError`` naming its flag."""
+    import multimodal
+    from multimodal.gpt.model import require_tokenizer
     from multimodal.serve.engine import Engine
-    from multimodal.serve.service import PACKAGED_GPT_EXAMPLES
+    from multimodal.serve.service import PACKAGED_GPT_EXAMPLES, Served
 
-    def source(flag: str | None, name: str) -> str | None:
-        if flag is not None:
-            return flag
-        if args.no_packaged:
-            return None
-        path = packaged_path(name)
-        return str(path) if path is not None else None
-
-    served = []
-    names = [args.gpt_name, args.dalle_name, args.clip_name]
-    if len(set(names)) != 3:
-        raise UsageError(f"--gpt-name, --dalle-name and --clip-name must differ, got {', '.join(names)}")
-    gpt_src = source(args.gpt, "gpt")
-    if gpt_src is not None:
-        try:
-            gpt = load_text_model(gpt_src, str(device)).eval()
-        except CheckpointError as e:
-            raise CheckpointError(f"--gpt: {e}") from None
-        if args.int8:
-            gpt = int8_linears(gpt)
-        engine = Engine(gpt, max_batch=args.max_batch)
-        packaged = args.gpt is None  # the packaged GPT was trained on data.tasks: offer its formats
-        examples = PACKAGED_GPT_EXAMPLES if packaged else None
-        served.append(Served(args.gpt_name, "gpt", gpt, gpt_src, engine, examples=examples))
-    dalle_src = source(args.dalle, "dalle")
-    if dalle_src is not None:
-        try:
-            dalle = load_model(dalle_src, "dalle").to(device).eval()
-        except (CheckpointError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"--dalle: {str(e).splitlines()[0]}") from None
-        served.append(Served(args.dalle_name, "dalle", dalle, dalle_src))
-    clip_src = source(args.clip, "clip")
-    if clip_src is not None:
-        try:
-            clip = load_clip(clip_src, args.clip_model).to(device).eval()
-        except (CheckpointError, RuntimeError, ValueError, OSError) as e:
-            raise CheckpointError(f"--clip: {str(e).splitlines()[0]}") from None
-        served.append(Served(args.clip_name, "clip", clip, clip_src))
-    elif args.clip_model:
+    names = {"gpt": args.gpt_name, "dalle": args.dalle_name, "clip": args.clip_name}
+    if len(set(names.values())) != 3:
+        raise UsageError(f"--gpt-name, --dalle-name and --clip-name must differ, got {', '.join(names.values())}")
+    if args.clip_model and args.clip is None:
         raise UsageError("--clip-model names the architecture of --clip's weights; give --clip FILE too")
+    served = []
+    for kind, name in names.items():
+        flag = getattr(args, kind)
+        path = packaged_path(kind) if flag is None and not args.no_packaged else None
+        source = flag if flag is not None else (str(path) if path is not None else None)
+        if source is None:
+            continue
+        arch = args.clip_model if kind == "clip" else None  # open_clip weights name their architecture by flag
+        try:
+            model = multimodal.load(source, kind, device=device, arch=arch)
+            if kind == "gpt":
+                model = require_tokenizer(model, source)
+        except (CheckpointError, OSError) as e:
+            raise CheckpointError(f"--{kind}: {str(e).splitlines()[0]}") from None
+        if kind != "gpt":
+            served.append(Served(name, kind, model, source))
+            continue
+        if args.int8:
+            model = int8_linears(model)
+        examples = PACKAGED_GPT_EXAMPLES if flag is None else None  # the packaged GPT was trained on data.tasks
+        served.append(Served(name, kind, model, source, Engine(model, max_batch=args.max_batch), examples=examples))
     return served
 
 
