@@ -50,7 +50,7 @@ from multimodal.tokenizers import get_tokenizer
 from multimodal.transformer import Transformer, TransformerConfig, nest_backbone
 
 if TYPE_CHECKING:
-    from dalle.pipeline import ImageSamples
+    from dalle.pipeline import ImageSamples, Reranker
     from multimodal.gpt.model import GPT
 
 MASK_KINDS = ("causal", "row", "column", "conv")
@@ -382,7 +382,7 @@ class DALLE(nn.Module):
         guidance: float | None = None,
         image_prompt: ImageSource | Sequence[ImageSource] | Tensor | None = None,
         prompt_rows: int | None = None,
-        rerank: nn.Module | None = None,
+        rerank: Reranker | None = None,
         keep: int | None = None,
         batch_size: int = 128,
         progress: bool | Callable[[int], None] = False,

@@ -16,9 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-from PIL import Image
-
 from dalle.pipeline import ImageSamples, generate_images
 from multimodal.checkpoint import SHAPES_ONLY_NOTE, CheckpointError, load_model, packaged_path
 from multimodal.cli import (
@@ -36,6 +33,9 @@ from multimodal.images import ImageError, open_image, save_png, tile
 from multimodal.sampling import SamplingSettings
 
 if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
     from clip.model import CLIP
     from dalle.model import DALLE
 
@@ -124,7 +124,7 @@ def check_args(args: argparse.Namespace) -> Path | None:
     return out
 
 
-def load_models(args: argparse.Namespace, device: str, dtype: torch.dtype) -> tuple[DALLE, CLIP | None]:
+def load_models(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[DALLE, CLIP | None]:
     """The DALL·E of ``--checkpoint`` (it must carry its dVAE) and the CLIP of ``--clip``, if any."""
     model = load_model(args.checkpoint, "dalle", dtype).to(device).eval()
     if model.vae is None:
