@@ -25,7 +25,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from clip.openclip import load_clip
-from clip.zeroshot import check_templates, parse_labels
+from clip.pipeline import check_templates, zero_shot_classifier
+from clip.zeroshot import parse_labels
 from multimodal.checkpoint import CheckpointError
 from multimodal.cli import add_device_flag, fail, resolve_device, warn
 from multimodal.images import ImageError, is_image_path, open_image
@@ -174,7 +175,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                 warn(e)
                 result["errors"] += 1
         feats = model.embed_images(images, args.batch_size).cpu()
-        classes = model.embed_labels(labels, templates).cpu()
+        classes = zero_shot_classifier(model, labels, templates).cpu()
         result["zeroshot"] = classification_metrics(feats @ classes.t(), torch.tensor(targets), labels)
         return result
 
@@ -217,7 +218,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         keep = [i for i, t in enumerate(targets) if t is not None]
         if not keep:
             raise ValueError("no sample has a class among --labels (.cls, json 'label', caption, or shapes json)")
-        classes = model.embed_labels(labels, templates).cpu()
+        classes = zero_shot_classifier(model, labels, templates).cpu()
         result["zeroshot"] = classification_metrics(
             feats[keep] @ classes.t(), torch.tensor([targets[i] for i in keep]), labels
         )

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clip import pipeline
+from clip.pipeline import imagenet_templates  # noqa: F401 - its old home; clip.openclip re-exports it
 from multimodal import images as img
 from multimodal.checkpoint import register
 from multimodal.images import OPENAI_MEAN, OPENAI_STD, ImageSource, Preprocess
@@ -331,15 +333,6 @@ class CLIP(nn.Module):
         return torch.cat(out) if out else torch.empty(0, self.config.embed_dim, device=self.device)
 
     @torch.no_grad()
-    def embed_labels(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None) -> Tensor:
-        """Zero-shot classifier weights ``[K, E]``: each label put in every template (``{}`` = the label,
-        ``{article}`` = a / an), the normalised embeddings averaged per label and normalised again.
-        ``templates`` None: OpenAI's 80 ImageNet templates (as open_clip ships them)."""
-        templates = list(templates) if templates is not None else imagenet_templates()
-        feats = self.embed_texts([format_prompt(t, label) for label in labels for t in templates])
-        return F.normalize(feats.view(len(labels), len(templates), -1).mean(1), dim=-1)
-
-    @torch.no_grad()
     def classify(
         self,
         images: "Sequence[ImageSource] | Tensor",
@@ -347,16 +340,8 @@ class CLIP(nn.Module):
         templates: Optional[Sequence[str]] = None,
         batch_size: int = 32,
     ) -> Tensor:
-        """Zero-shot label probabilities ``[N, K]`` (CPU): one row per image, in label order, summing to 1."""
-        weights = self.embed_labels(check_labels(labels), templates)
-        return self.label_probs(self.embed_images(images, batch_size), weights)
-
-    @torch.no_grad()
-    def label_probs(self, image_embeddings: Tensor, label_embeddings: Tensor) -> Tensor:
-        """``softmax(scale · images · labelsᵀ)`` → ``[N, K]`` on the CPU; ``scale`` is the learned temperature
-        (100 for open_clip's and OpenAI's weights; capped at 100 as in training)."""
-        scale = float(self.logit_scale.exp().clamp(max=100.0))
-        return (scale * image_embeddings.float() @ label_embeddings.float().T).softmax(-1).cpu()
+        """Zero-shot label probabilities ``[N, K]`` (CPU): ``clip.pipeline.classify`` with this model."""
+        return pipeline.classify(self, images, labels, templates, batch_size)
 
     @torch.no_grad()
     def similarity(self, images: "Sequence[ImageSource] | Tensor", texts: Sequence[str]) -> Tensor:
@@ -365,32 +350,3 @@ class CLIP(nn.Module):
         txt = self.embed_texts(unique)
         index = torch.tensor([unique.index(t) for t in texts], device=txt.device)
         return (self.embed_images(images) * txt[index]).sum(-1).cpu()
-
-
-def format_prompt(template: str, label: str) -> str:
-    """``template`` with ``{}`` → label and optional ``{article}`` → "a"/"an" for the label."""
-    return template.format(label, article="an" if label[:1].lower() in "aeiou" else "a")
-
-
-def check_labels(labels: Sequence[str], relative: bool = False) -> list[str]:
-    """Labels as given, refusing an empty list, empty labels, duplicates (case-insensitive) and, when the
-    probabilities will be ``relative`` to the other labels (the CLI, the service), fewer than two, with one line."""
-    labels = [str(x).strip() for x in labels]
-    if not labels or not all(labels):
-        raise ValueError("labels must be a non-empty list of non-empty strings")
-    seen: set[str] = set()
-    dups = [x for x in labels if x.lower() in seen or seen.add(x.lower())]
-    if dups:
-        raise ValueError(f"duplicate labels: {', '.join(dict.fromkeys(dups))}")
-    if relative and len(labels) < 2:
-        raise ValueError("give at least two labels (probabilities are relative to the other labels)")
-    return labels
-
-
-def imagenet_templates() -> list[str]:
-    """OpenAI's 80 ImageNet prompt templates as ``str.format`` patterns (``"a photo of a {}."``), read from
-    open_clip's own file."""
-    from multimodal.tokenizers import openclip_file_module
-
-    meta = openclip_file_module("zero_shot_metadata")
-    return [t("{}") for t in meta.OPENAI_IMAGENET_TEMPLATES]

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from clip.loss import ClipLoss, contrastive_accuracy
 from clip.model import CLIP, CLIPConfig
+from clip.pipeline import zero_shot_classifier
 from multimodal.checkpoint import CheckpointError, load_model
 from multimodal.lightning import ModelModule
 
@@ -130,7 +131,9 @@ class CLIPModule(ModelModule):
     # -- validation: contrastive loss and zero-shot accuracy ------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._zs_counts = {}
-        self._zs_classes = self.model.embed_labels(self.zs_labels, self.zs_templates) if self.zs_labels else None
+        self._zs_classes = (
+            zero_shot_classifier(self.model, self.zs_labels, self.zs_templates) if self.zs_labels else None
+        )
 
     def _name(self, dataloader_idx: int) -> str:
         return self.val_names[dataloader_idx] if dataloader_idx < len(self.val_names) else f"val{dataloader_idx}"

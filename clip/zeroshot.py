@@ -6,8 +6,8 @@
 
 Each label is put in every prompt template (by default OpenAI's 80 ImageNet templates, as open_clip
 ships them), the normalised text embeddings of a label are averaged and normalised again; an image's
-probabilities are ``softmax(100 · image · labelsᵀ)``. Text embeddings are computed once; images are
-encoded in batches.
+probabilities are ``softmax(100 · image · labelsᵀ)`` (``clip.pipeline``, the one zero-shot implementation).
+Text embeddings are computed once; images are read and encoded in batches.
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from clip.model import check_labels, format_prompt
 from clip.openclip import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_clip
+from clip.pipeline import check_labels, check_templates, label_probs, zero_shot_classifier
 from multimodal.checkpoint import SHAPES_ONLY_NOTE, CheckpointError
 from multimodal.cli import (
     add_device_flag,
@@ -88,16 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_templates(templates: Sequence[str] | None) -> None:
-    for t in templates or []:
-        if "{}" not in t:
-            raise ValueError(f"template {t!r} has no {{}} for the label")
-        try:
-            format_prompt(t, "x")
-        except (IndexError, KeyError, ValueError) as e:
-            raise ValueError(f"template {t!r} is not a valid pattern ({e})") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -118,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.model == "shapes" or args.checkpoint == "clip":
             print(SHAPES_ONLY_NOTE, file=sys.stderr)
         with torch.inference_mode():
-            classes = model.embed_labels(labels, args.template)  # [K, E], once
+            classes = zero_shot_classifier(model, labels, args.template)  # [K, E], once
     except (ValueError, CheckpointError, OSError) as e:
         return fail(e)
 
@@ -138,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         bar.update(len(paths[start : start + args.batch_size]))
         if not tensors:
             continue
-        probs = model.label_probs(model.embed_images(torch.stack(tensors), args.batch_size, preprocessed=True), classes)
+        pixels = torch.stack(tensors)
+        probs = label_probs(model, model.embed_images(pixels, args.batch_size, preprocessed=True), classes)
         for path, row in zip(ok, probs):
             order = row.argsort(descending=True).tolist()[: args.top_k or len(labels)]
             if args.json:

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
+from dalle.pipeline import generate_images
 from data.shapes import RELATIONS
 from multimodal.checkpoint import CheckpointError, load_model
 from multimodal.cli import UsageError, add_device_flag, add_progress_flag, check_finite, fail, resolve_device
@@ -112,8 +113,8 @@ def evaluate_split(
     progress: bool = True,
 ) -> dict:
     """Judge every candidate of every prompt (random sample) and CLIP's pick per prompt (rerank)."""
-    samples = model.generate_images(
-        prompts, candidates, settings, guidance, rerank=clip, batch_size=batch_rows, progress=progress
+    samples = generate_images(
+        model, prompts, candidates, settings, guidance, rerank=clip, batch_size=batch_rows, progress=progress
     )
     all_rows, best_rows = [], []
     for s in samples:
@@ -156,7 +157,8 @@ def evaluate_image_prompts(
     code rows (default half the grid)."""
     rows = model.config.image_grid // 2 if rows is None else rows
     originals, captions = shapes_images(split, count, model.vae.config.image_size, data_seed, objects)
-    samples = model.generate_images(
+    samples = generate_images(
+        model,
         captions,
         candidates,
         settings,

@@ -28,7 +28,8 @@ attention elsewhere, convolutional attention in the last layer).
 
 Sampling goes through ``multimodal.sampling.decode`` (the suite's one decode loop) with a KV cache;
 classifier-free guidance runs the conditional and the unconditional (empty caption) rows in one batch
-of 2N and mixes their logits in the step function.
+of 2N and mixes their logits in the step function. Captions → images (batches, the dVAE's decoding, the
+CLIP rerank) is ``dalle.pipeline.generate_images``.
 """
 
 from __future__ import annotations
@@ -36,47 +37,23 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multimodal.checkpoint import CheckpointError, register
-from multimodal.images import ImageSource, load_image
+from multimodal.images import ImageSource
 from multimodal.sampling import SamplingSettings, decode
 from multimodal.tokenizers import get_tokenizer
 from multimodal.transformer import Transformer, TransformerConfig, nest_backbone
 
+if TYPE_CHECKING:
+    from dalle.pipeline import ImageSamples, Reranker
+    from multimodal.gpt.model import GPT
+
 MASK_KINDS = ("causal", "row", "column", "conv")
-
-
-@dataclass
-class ImageSamples:
-    """What ``DALLE.generate_images`` gives for one prompt."""
-
-    prompt: str
-    images: Tensor  # [k, 3, H, W] in [0, 1]: the kept candidates, CLIP's best first when reranked
-    candidates: list[int]  # index among the drawn candidates of each kept image
-    scores: Tensor | None  # [k] CLIP cosine similarity of each kept image with the prompt (rerank only)
-    all_images: Tensor  # [num, 3, H, W] every candidate, in the order drawn
-    all_scores: Tensor | None  # [num]
-    codes: Tensor  # [num, h, w] every candidate's codes
-
-    @classmethod
-    def of(
-        cls, prompt: str, images: Tensor, codes: Tensor, scores: Tensor | None, part: slice, keep: int | None
-    ) -> ImageSamples:
-        own = scores[part] if scores is not None else None
-        order = list(range(len(images)))
-        if own is not None:
-            order = sorted(order, key=lambda i: -float(own[i]))
-        order = order[:keep] if keep is not None else order
-        return cls(prompt, images[order], order, own[order] if own is not None else None, images, own, codes)
-
-    @property
-    def best(self) -> int:
-        """Index of CLIP's pick among the drawn candidates (the first when not reranked)."""
-        return self.candidates[0]
 
 
 @dataclass
@@ -238,6 +215,10 @@ class DALLE(nn.Module):
             return "causal"
         return [getattr(self, f"mask_{k}") for k in self._mask_kinds]
 
+    @property
+    def device(self) -> torch.device:
+        return self.text_embedding.weight.device
+
     def num_params(self) -> int:
         """Parameters of the transformer model (the frozen dVAE not counted)."""
         return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("vae."))
@@ -273,7 +254,7 @@ class DALLE(nn.Module):
 
     def empty_text(self, batch: int) -> Tensor:
         """The unconditional caption (what caption dropout trains, what guidance contrasts with)."""
-        return self.tokenize([""] * batch).to(self.text_embedding.weight.device)
+        return self.tokenize([""] * batch).to(self.device)
 
     # -- forward ----------------------------------------------------------------------------------
     def embed(self, text: Tensor | None, image: Tensor | None, image_start: int = 0) -> Tensor:
@@ -344,7 +325,7 @@ class DALLE(nn.Module):
         c = self.config
         settings = settings or SamplingSettings()
         B, L, N = text.shape[0], c.text_length, c.image_length
-        device = self.text_embedding.weight.device
+        device = self.device
         text = text.to(device)
         prefix = (image_prefix if image_prefix is not None else text.new_zeros(B, 0)).flatten(1).to(device)
         p = prefix.shape[1]
@@ -393,24 +374,6 @@ class DALLE(nn.Module):
         self.train(was_training)
         return torch.cat([prefix[:B], out], dim=1).view(B, c.image_grid, c.image_grid)
 
-    @torch.no_grad()
-    def encode_image_prompt(self, images: Sequence[ImageSource] | Tensor, rows: int) -> Tensor:
-        """The first ``rows`` rows of the dVAE codes of each image → ``[n, rows · grid]``.
-
-        ``images``: paths, bytes or PIL images (read with ``multimodal.images``, shorter side resized to the
-        dVAE's size, centre crop), or pixels ``[n, 3, H, W]`` in [0, 1] at the dVAE's size."""
-        if self.vae is None:
-            raise CheckpointError("this DALL·E model carries no dVAE; image prompts need one")
-        grid = self.config.image_grid
-        if not 1 <= rows <= grid:
-            raise ValueError(f"prompt rows must be in [1, {grid}] (the code grid has {grid} rows), got {rows}")
-        size = self.vae.config.image_size
-        if not isinstance(images, Tensor):
-            images = torch.stack([x if isinstance(x, Tensor) else load_image(x, size) for x in images])
-        device = self.text_embedding.weight.device
-        return self.vae.encode(images.to(device))[:, :rows].flatten(1)
-
-    @torch.no_grad()
     def generate_images(
         self,
         prompts: str | Sequence[str],
@@ -419,87 +382,40 @@ class DALLE(nn.Module):
         guidance: float | None = None,
         image_prompt: ImageSource | Sequence[ImageSource] | Tensor | None = None,
         prompt_rows: int | None = None,
-        rerank: nn.Module | None = None,
+        rerank: Reranker | None = None,
         keep: int | None = None,
         batch_size: int = 128,
         progress: bool | Callable[[int], None] = False,
     ) -> list[ImageSamples]:
-        """The one path from captions to images: ``num`` candidates per prompt, decoded by the dVAE, optionally
-        scored by a CLIP (``rerank``: anything with ``similarity(images, texts)``) and cut to the ``keep`` best.
+        """``dalle.pipeline.generate_images`` with this model (captions → ``ImageSamples``, optionally reranked
+        by a CLIP); kept for the Python API, the tools call the pipeline."""
+        from dalle.pipeline import generate_images  # the pipeline builds on the model, not the other way round
 
-        ``image_prompt``: one image for every prompt, or one per prompt; its first ``prompt_rows`` code rows
-        (default half the grid) are kept and the rest sampled. ``guidance`` None: the config's. Rows are sampled
-        ``batch_size`` at a time (whole prompts per batch) from one generator seeded by ``settings.seed``, so
-        the same call gives the same images. Returns one ``ImageSamples`` per prompt, in order."""
-        if self.vae is None:
-            raise CheckpointError("this DALL·E model carries no dVAE; it can sample codes but not images")
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if num < 1:
-            raise ValueError(f"num must be >= 1, got {num}")
-        if keep is not None and not 1 <= keep <= num:
-            raise ValueError(f"keep must be in [1, num={num}], got {keep}")
-        settings = settings or SamplingSettings()
-        device = self.text_embedding.weight.device
-        text = self.tokenize(prompts)  # [P, L], once per caption
-        prefix = None
-        if image_prompt is not None:
-            many = isinstance(image_prompt, Tensor) and image_prompt.dim() == 4
-            many = many or (isinstance(image_prompt, Sequence) and not isinstance(image_prompt, (str, bytes)))
-            sources = image_prompt if many else [image_prompt]
-            if len(sources) not in (1, len(prompts)):
-                raise ValueError(f"{len(sources)} image prompts for {len(prompts)} prompts")
-            rows = self.config.image_grid // 2 if prompt_rows is None else prompt_rows
-            prefix = self.encode_image_prompt(sources, rows)  # [1 or P, rows · grid]
-            prefix = prefix.expand(len(prompts), -1) if len(prefix) == 1 else prefix
-        generator = settings.generator(device)
-        per = max(1, batch_size // num)  # prompts per batch
-        bar = None
-        if progress is True:
-            from tqdm import tqdm
-
-            todo = self.config.image_length - (prefix.shape[1] if prefix is not None else 0)
-            bar = tqdm(total=todo * -(-len(prompts) // per), desc="image tokens", unit="tok", leave=False)
-            progress = lambda i: bar.update(1)  # noqa: E731
-        out: list[ImageSamples] = []
-        try:
-            for start in range(0, len(prompts), per):
-                idx = torch.arange(start, min(len(prompts), start + per)).repeat_interleave(num)
-                pre = prefix[idx] if prefix is not None else None
-                codes = self.generate_codes(
-                    text[idx], settings, guidance, pre, progress=progress or None, generator=generator
-                )
-                images = self.vae.decode(codes).clamp(0, 1).float().cpu()  # [p · num, 3, H, W]
-                scores = None
-                if rerank is not None:
-                    scores = rerank.similarity(images, [prompts[i] for i in idx.tolist()]).float().cpu()
-                for j, i in enumerate(range(start, min(len(prompts), start + per))):
-                    part = slice(j * num, (j + 1) * num)
-                    out.append(ImageSamples.of(prompts[i], images[part], codes[part].cpu(), scores, part, keep))
-        finally:
-            if bar is not None:
-                bar.close()
-        return out
+        return generate_images(
+            self, prompts, num, settings, guidance, image_prompt, prompt_rows, rerank, keep, batch_size, progress
+        )
 
     # -- initialisation from a GPT of the suite ---------------------------------------------------
     @torch.no_grad()
-    def load_gpt(self, gpt: nn.Module) -> list[str]:
-        """Copy a ``GPT``'s backbone (and, where shapes allow, its token / position embeddings into the
-        text ones and its final norm); returns the names of what was copied."""
-        gc = gpt.config
+    def load_gpt(self, gpt: GPT) -> list[str]:
+        """Copy a ``GPT``'s backbone and final norm (and, where shapes allow, its token / position embeddings into
+        the text ones), read through ``GPT.warm_start``; returns the names of what was copied."""
+        start = gpt.warm_start()
         c = self.config
         for f in ("width", "layers", "heads", "mlp_ratio", "bias"):
-            ours, theirs = getattr(c.backbone, f), getattr(gc.backbone, f)
+            ours, theirs = getattr(c.backbone, f), getattr(start.backbone, f)
             if ours != theirs:
                 raise CheckpointError(f"GPT backbone.{f} {theirs} differs from this DALL·E's {ours}")
-        self.transformer.load_state_dict(gpt.transformer.state_dict())
+        self.transformer.load_state_dict(start.blocks)
         copied = ["transformer"]
-        self.ln_final.load_state_dict(gpt.ln_final.state_dict())
+        self.ln_final.load_state_dict(start.final_norm)
         copied.append("ln_final")
-        if gc.vocab_size <= c.text_vocab_size and getattr(gc, "tokenizer", None) == c.tokenizer:
-            self.text_embedding.weight[: gc.vocab_size] = gpt.token_embedding.weight
-            self.text_head.weight[: gc.vocab_size] = gpt.token_embedding.weight  # GPT's head is tied
+        vocab, context = len(start.token_embedding), len(start.position_embedding)
+        if vocab <= c.text_vocab_size and start.tokenizer == c.tokenizer:
+            self.text_embedding.weight[:vocab] = start.token_embedding
+            self.text_head.weight[:vocab] = start.token_embedding  # GPT's head is tied
             copied.append("text_embedding")
-        n = min(gc.context_length, c.text_length)
-        self.text_position.weight[:n] = gpt.position_embedding.weight[:n]
+        n = min(context, c.text_length)
+        self.text_position.weight[:n] = start.position_embedding[:n]
         copied.append(f"text_position[:{n}]")
         return copied

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from dalle.model import DALLE, DALLEConfig
+from dalle.pipeline import generate_images
 from multimodal.checkpoint import CheckpointError, load_model
 from multimodal.lightning import ModelModule
 from multimodal.sampling import SamplingSettings
@@ -153,7 +154,7 @@ class DALLEModule(ModelModule):
         from multimodal.images import image_grid
 
         settings = SamplingSettings(temperature=hp.sample_temperature, top_k=hp.sample_top_k, seed=0)
-        samples = self.model.generate_images(list(hp.val_captions), hp.samples_per_caption, settings)
+        samples = generate_images(self.model, list(hp.val_captions), hp.samples_per_caption, settings)
         return image_grid([s.images for s in samples])
 
     def on_validation_epoch_end(self) -> None:

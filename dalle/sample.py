@@ -14,7 +14,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dalle.pipeline import ImageSamples, generate_images
 from multimodal.checkpoint import SHAPES_ONLY_NOTE, CheckpointError, load_model, packaged_path
 from multimodal.cli import (
     UsageError,
@@ -29,6 +31,13 @@ from multimodal.cli import (
 )
 from multimodal.images import ImageError, open_image, save_png, tile
 from multimodal.sampling import SamplingSettings
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from clip.model import CLIP
+    from dalle.model import DALLE
 
 MAX_NUM = 4096  # candidates per run (sampled --batch-size at a time)
 
@@ -86,9 +95,9 @@ def use_demo_models(args: argparse.Namespace, root: Path | None = None) -> None:
     print(SHAPES_ONLY_NOTE, file=sys.stderr)
 
 
-def run(args: argparse.Namespace) -> dict:
-    if args.checkpoint is None:
-        use_demo_models(args)
+def check_args(args: argparse.Namespace) -> Path | None:
+    """Every flag that can be checked before loading a model (one ``UsageError`` line each); returns the grid
+    PNG to write (None with ``--out-dir`` alone)."""
     if not 1 <= args.num <= MAX_NUM:
         raise UsageError(f"--num must be in [1, {MAX_NUM}], got {args.num}")
     if args.batch_size < 1:
@@ -112,13 +121,11 @@ def run(args: argparse.Namespace) -> dict:
         if target is not None:
             check_writable(target)
     check_finite("--guidance", args.guidance)
-    try:
-        settings = SamplingSettings(args.temperature, args.top_k, args.top_p, args.seed)
-    except (ValueError, RuntimeError) as e:
-        raise UsageError(str(e)) from None
-    device = resolve_device(args.device)
-    dtype = resolve_precision(args.precision, device)
+    return out
 
+
+def load_models(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[DALLE, CLIP | None]:
+    """The DALL·E of ``--checkpoint`` (it must carry its dVAE) and the CLIP of ``--clip``, if any."""
     model = load_model(args.checkpoint, "dalle", dtype).to(device).eval()
     if model.vae is None:
         raise UsageError(f"{args.checkpoint}: this DALL·E checkpoint carries no dVAE to decode images")
@@ -127,43 +134,41 @@ def run(args: argparse.Namespace) -> dict:
         from clip.openclip import load_clip
 
         clip = load_clip(args.clip, args.clip_model).to(device, dtype).eval()
-    image_prompt = None
+    return model, clip
+
+
+def read_image_prompt(args: argparse.Namespace, model: DALLE) -> Image.Image | None:
+    """``--image-prompt`` opened (a note when the pipeline will resize it), after checking ``--prompt-rows``
+    against the model's grid."""
     grid = model.config.image_grid
     if args.prompt_rows is not None and args.prompt_rows > grid:
         raise UsageError(
             f"--prompt-rows must be in [1, {grid}] (the code grid has {grid} rows), got {args.prompt_rows}"
         )
-    if args.image_prompt is not None:
-        try:
-            image_prompt = open_image(args.image_prompt)
-        except ImageError as e:
-            raise UsageError(str(e)) from None
-        size = model.vae.config.image_size
-        if image_prompt.size != (size, size):
-            w, h = image_prompt.size
-            print(f"note: image prompt {w}x{h} resized to {size}x{size}", file=sys.stderr)
+    if args.image_prompt is None:
+        return None
+    try:
+        image = open_image(args.image_prompt)
+    except ImageError as e:
+        raise UsageError(str(e)) from None
+    size = model.vae.config.image_size
+    if image.size != (size, size):
+        w, h = image.size
+        print(f"note: image prompt {w}x{h} resized to {size}x{size}", file=sys.stderr)
+    return image
 
+
+def warn_if_truncated(model: DALLE, prompt: str) -> None:
+    """The caption's truncation warning as one ``warning:`` line (the pipeline then runs with warnings off)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.tokenize([args.prompt])  # surfaces the truncation warning once
+        model.tokenize([prompt])
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
-    guidance = model.config.guidance if args.guidance is None else args.guidance
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        (samples,) = model.generate_images(
-            args.prompt,
-            args.num,
-            settings,
-            guidance,
-            image_prompt=image_prompt,
-            prompt_rows=args.prompt_rows,
-            rerank=clip,
-            keep=args.rerank,
-            batch_size=args.batch_size,
-            progress=not args.no_progress,
-        )
 
+
+def write_images(args: argparse.Namespace, samples: ImageSamples, out: Path | None, guidance: float) -> dict:
+    """The kept images as PNGs (``--out-dir``: one each; ``out``: the grid) → the JSON ``--json`` prints."""
     result: dict = {
         "prompt": args.prompt,
         "checkpoint": str(args.checkpoint),
@@ -189,6 +194,38 @@ def run(args: argparse.Namespace) -> dict:
             }
         )
     return result
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Flags → models → ``dalle.pipeline.generate_images`` → PNGs; returns what ``--json`` prints."""
+    if args.checkpoint is None:
+        use_demo_models(args)
+    out = check_args(args)
+    try:
+        settings = SamplingSettings(args.temperature, args.top_k, args.top_p, args.seed)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(str(e)) from None
+    device = resolve_device(args.device)
+    model, clip = load_models(args, device, resolve_precision(args.precision, device))
+    image_prompt = read_image_prompt(args, model)
+    warn_if_truncated(model, args.prompt)
+    guidance = model.config.guidance if args.guidance is None else args.guidance
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the truncation warning was printed once above
+        (samples,) = generate_images(
+            model,
+            args.prompt,
+            args.num,
+            settings,
+            guidance,
+            image_prompt=image_prompt,
+            prompt_rows=args.prompt_rows,
+            rerank=clip,
+            keep=args.rerank,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
+    return write_images(args, samples, out, guidance)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,7 +33,9 @@ from pathlib import Path
 
 import torch
 
+from clip.pipeline import classify
 from dalle.evaluate import evaluate_image_prompts, shapes_prompts
+from dalle.pipeline import generate_images
 from multimodal.checkpoint import (
     PACKAGED,
     PACKAGED_DIR,
@@ -86,8 +88,8 @@ def load_demo_models(root: Path | None = None, device: str = "cpu") -> dict:
 @torch.no_grad()
 def generate_and_rerank(models: dict, prompts: Sequence[str], candidates: int, seed: int) -> dict:
     """``candidates`` images per prompt; judge every one; CLIP picks one per prompt."""
-    samples = models["dalle"].generate_images(
-        prompts, candidates, SamplingSettings(temperature=1.0, seed=seed), rerank=models["clip"]
+    samples = generate_images(
+        models["dalle"], prompts, candidates, SamplingSettings(temperature=1.0, seed=seed), rerank=models["clip"]
     )
     images = torch.stack([s.all_images for s in samples])  # [P, N, 3, H, W]
     rep = [p for p in prompts for _ in range(candidates)]
@@ -116,7 +118,7 @@ def zero_shot(models: dict, split: str, count: int, seed: int) -> dict:
         objects = shapes.sample(rng, split, "1")
         images.append(shapes.render(objects, clip.config.vision.image_size))
         truth.append(labels.index(f"{objects[0]['color']} {objects[0]['shape']}"))
-    pred = clip.classify(images, labels, templates=["a {}"]).argmax(1)
+    pred = classify(clip, images, labels, templates=["a {}"]).argmax(1)
     correct = (pred == torch.tensor(truth)).tolist()
     return {
         "accuracy": sum(correct) / count,

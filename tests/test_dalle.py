@@ -129,6 +129,53 @@ def test_init_from_gpt_copies_the_backbone():
         tiny_dalle(with_vae=False, width=64).load_gpt(gpt)
 
 
+@pytest.mark.parametrize(
+    "gpt_fields",
+    [
+        {"vocab_size": 257, "context_length": 32},  # every part fits: all copied
+        {"vocab_size": 300, "context_length": 8},  # a larger vocabulary and a shorter context
+        {"vocab_size": 200, "context_length": 64, "tokenizer": "clip"},  # ids of another tokenizer: no embeddings
+    ],
+)
+def test_init_from_gpt_reads_only_the_gpts_warm_start_and_copies_it_exactly(gpt_fields):
+    """``load_gpt`` goes through ``GPT.warm_start`` (a stand-in offering nothing else works) and gives, tensor by
+    tensor, the GPT's blocks, final norm and the parts of its embeddings that fit; the rest stays as it was."""
+    from multimodal.gpt import GPT, GPTConfig
+
+    torch.manual_seed(1)
+    gpt = GPT(GPTConfig(**gpt_fields, backbone={"width": 32, "layers": 4, "heads": 4, "activation": "gelu"}))
+
+    class OnlyWarmStart:
+        def warm_start(self):
+            return gpt.warm_start()
+
+    model = tiny_dalle(with_vae=False, activation="gelu")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copied = model.load_gpt(OnlyWarmStart())
+    want = dict(before)
+    want.update({f"transformer.{k}": v for k, v in gpt.transformer.state_dict().items()})
+    want.update({f"ln_final.{k}": v for k, v in gpt.ln_final.state_dict().items()})
+    vocab, n = gpt.config.vocab_size, min(gpt.config.context_length, model.config.text_length)
+    if vocab <= model.config.text_vocab_size and gpt.config.tokenizer == model.config.tokenizer:
+        for name in ("text_embedding.weight", "text_head.weight"):
+            want[name] = torch.cat([gpt.token_embedding.weight.detach(), before[name][vocab:]])
+    want["text_position.weight"] = torch.cat(
+        [gpt.position_embedding.weight.detach()[:n], before["text_position.weight"][n:]]
+    )
+    got = model.state_dict()
+    assert got.keys() == want.keys()
+    for name in got:
+        assert torch.equal(got[name], want[name]), name
+    assert copied[:2] == ["transformer", "ln_final"] and copied[-1] == f"text_position[:{n}]"
+    assert ("text_embedding" in copied) == (gpt_fields["vocab_size"] == 257)
+    start = gpt.warm_start()  # the documented shape
+    assert start.token_embedding.shape == (gpt.config.vocab_size, 32) and start.tokenizer == gpt.config.tokenizer
+    assert start.position_embedding.shape == (gpt.config.context_length, 32) and set(start.final_norm) == {
+        "weight",
+        "bias",
+    }
+
+
 @pytest.mark.filterwarnings("ignore:Found \\d+ module\\(s\\) in eval mode")  # the frozen dVAE, on purpose
 def test_module_trains_caches_codes_and_drops_captions(tmp_path):
     import lightning as L

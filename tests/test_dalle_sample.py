@@ -75,12 +75,12 @@ def test_out_dir_json_sampling_flags_and_guidance(ckpt, tmp_path, capsys):
 
 def test_guidance_defaults_to_the_models_own(tmp_path, capsys, monkeypatch):
     # a model exported with guidance 2 samples with it unless --guidance says otherwise
-    from dalle.model import DALLE
+    from dalle import sample
 
     used = []
-    real = DALLE.generate_images
+    real = sample.generate_images
     monkeypatch.setattr(
-        DALLE,
+        sample,
         "generate_images",
         lambda m, p, n, s, guidance, **k: used.append(guidance) or real(m, p, n, s, guidance, **k),
     )

@@ -64,7 +64,7 @@ MUTANTS = [
     ),
     Mutant(
         "zero-shot: only the first of the 80 ImageNet templates is used",
-        "clip/model.py",
+        "clip/pipeline.py",
         r"else imagenet_templates\(\)",
         "else imagenet_templates()[:1]",
         ("tests/test_clip_zeroshot.py::test_default_is_the_80_template_ensemble_computed_by_hand",),

@@ -56,6 +56,26 @@ class GPTConfig:
         return nest_backbone(data, gpt2_backbone())
 
 
+@dataclass
+class WarmStart:
+    """What another head of the suite copies from a GPT (``GPT.warm_start``), named by role rather than by the
+    GPT's attribute names. C is the backbone's width.
+
+    - ``blocks``: the backbone's state dict (the keys of ``multimodal.transformer.Transformer``);
+    - ``final_norm``: the final LayerNorm's state dict (``weight [C]``, and ``bias [C]`` when the backbone has biases);
+    - ``token_embedding [vocab_size, C]``: also the LM head (tied, as GPT-2);
+    - ``position_embedding [context_length, C]``.
+
+    The tensors are the model's own (detached, not copied): copy them, never write into them."""
+
+    backbone: TransformerConfig
+    tokenizer: str  # the name the ids of ``token_embedding`` are in (``multimodal.tokenizers``)
+    blocks: dict[str, Tensor]
+    final_norm: dict[str, Tensor]
+    token_embedding: Tensor
+    position_embedding: Tensor
+
+
 def _size(layers: int, width: int, heads: int, context: int) -> dict:
     return {"layers": layers, "width": width, "heads": heads, "context_length": context}
 
@@ -173,6 +193,18 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
         return n - self.position_embedding.weight.numel() if non_embedding else n
+
+    def warm_start(self) -> WarmStart:
+        """This model's backbone, final norm and embeddings for another head to start from (DALL·E's
+        ``load_gpt``), in the documented shape of ``WarmStart``."""
+        return WarmStart(
+            backbone=self.config.backbone,
+            tokenizer=self.config.tokenizer,
+            blocks=self.transformer.state_dict(),
+            final_norm=self.ln_final.state_dict(),
+            token_embedding=self.token_embedding.weight.detach(),
+            position_embedding=self.position_embedding.weight.detach(),
+        )
 
     # -- scoring --------------------------------------------------------------------------------
     @torch.no_grad()

@@ -103,8 +103,7 @@ async def embeddings(request: Request):
 
 def check_labels_and_templates(req: ClassificationRequest, limits: Limits) -> tuple[list[str], list[str] | None]:
     """Labels and templates within their limits (count, characters, labels × templates), before any work."""
-    from clip.model import check_labels
-    from clip.zeroshot import check_templates
+    from clip.pipeline import check_labels, check_templates
 
     try:
         if len(req.labels) > limits.max_labels:
@@ -152,11 +151,13 @@ async def classifications(request: Request):
     )
 
     def run(cancelled) -> torch.Tensor:
+        from clip.pipeline import label_probs, zero_shot_classifier
+
         with torch.inference_mode():
-            weights = clip.embed_labels(labels, templates)
+            classifier = zero_shot_classifier(clip, labels, templates)
             rows = torch.empty(len(blobs), clip.config.embed_dim)
             embed_images(clip, blobs, "image", rows, cancelled)
-            return clip.label_probs(rows, weights)
+            return label_probs(clip, rows, classifier)
 
     probs = await entry.worker.run(run, request)
     data = []

@@ -1,5 +1,5 @@
-"""``POST /v1/images/generations``: ``DALLE.generate_images(..., rerank=clip)`` on DALL·E's worker, PNGs as
-base64 or data URLs."""
+"""``POST /v1/images/generations``: ``dalle.pipeline.generate_images(..., rerank=clip)`` on DALL·E's worker, PNGs
+as base64 or data URLs."""
 
 from __future__ import annotations
 
@@ -84,13 +84,16 @@ async def images(request: Request):
         )
 
     def run(cancelled):
+        from dalle.pipeline import generate_images
+
         def progress(_):
             if cancelled():
                 raise Gone
 
         with torch.inference_mode():
             try:
-                samples = dalle.generate_images(
+                samples = generate_images(
+                    dalle,
                     req.prompt,
                     opts["candidates"],
                     opts["settings"],
