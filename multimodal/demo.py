@@ -33,8 +33,9 @@ from pathlib import Path
 
 import torch
 
+from clip.binding import binding_accuracy, binding_scenes
 from clip.pipeline import classify
-from dalle.evaluate import evaluate_image_prompts, shapes_prompts
+from dalle.evaluate import evaluate_image_prompts, shapes_prompts, summarize
 from dalle.pipeline import generate_images
 from multimodal.checkpoint import (
     PACKAGED,
@@ -215,6 +216,61 @@ def clip_panel(models: dict, split: str, out: Path, count: int, seed: int) -> tu
     return (f"CLIP zero-shot, {split} images", png.name, caption), z["accuracy"]
 
 
+DALLE_TITLES = {
+    ("val", "1"): "DALL·E, seen colour-shape pairs",
+    ("heldout", "1"): "DALL·E, held-out pairs (never in training)",
+    ("heldout", "2"): "DALL·E, two objects of held-out pairs and where they are",
+}
+
+
+@torch.no_grad()
+def dalle_section(
+    models: dict, out: Path, split: str, objects: str, prompts: int, candidates: int, seed: int
+) -> tuple[Section, dict[str, float]]:
+    """A grid of ``candidates`` samples for ``prompts`` captions of ``split`` (``objects`` per image), CLIP's
+    pick framed; its judge scores, and for two objects how often each asked-for relation was drawn."""
+    ps = shapes_prompts(split, prompts, seed, objects)
+    r = generate_and_rerank(models, ps, candidates, seed)
+    rows = [[to_pil(im) for im in r["images"][i]] for i in range(len(ps))]
+    name = f"dalle-{split}" if objects == "1" else f"dalle-{split}-{objects}-objects"
+    # native 64-px cells, captions above the rows: 16 samples and a 16-px caption fit a 1280-px page unscaled
+    png = grid_png(rows, ps, out / f"{name}.png", scale=1, highlight=r["best"], label_above=True)
+    key = split if objects == "1" else f"{split} {objects} objects"
+    scores = {
+        f"DALL·E {key}: random sample": r["random_acc"],
+        f"DALL·E {key}: CLIP rerank {candidates}→1": r["rerank_acc"],
+    }
+    caption = (
+        f"{candidates} samples per caption; CLIP's pick framed in green. Judge: every attribute right on "
+        f"{100 * r['random_acc']:.0f}% of samples, {100 * r['rerank_acc']:.0f}% after reranking."
+    )
+    relations = summarize(r["judged"])["by_relation"]
+    if relations:
+        caption += (
+            " Relation drawn as asked: "
+            + ", ".join(f"{rel} {100 * e['relation']:.0f}% of {e['images']}" for rel, e in relations.items())
+            + "."
+        )
+    return (DALLE_TITLES[(split, objects)], png.name, caption), scores
+
+
+@torch.no_grad()
+def image_prompt_section(models: dict, out: Path, seed: int) -> tuple[Section, float]:
+    """Image prompts: the top half of real images' code rows kept, the rest sampled; the judge's accuracy."""
+    grid = models["dalle"].config.image_grid
+    c = evaluate_image_prompts(
+        models["dalle"], models["judge"], "val", 4, 4, SamplingSettings(temperature=1.0, seed=seed), None, grid // 2,
+        data_seed=seed, progress=False,
+    )  # fmt: skip
+    rows = [[orig] + [to_pil(im) for im in c["samples"][i]] for i, orig in enumerate(c["originals"])]
+    png = grid_png(rows, c["captions"], out / "image-prompts.png", header=["original", "completions →"])
+    caption = (
+        f"Top {grid // 2} of {grid} code rows kept, the rest sampled; judge: "
+        f"{100 * c['accuracy']['all']:.0f}% of completions right."
+    )
+    return ("Image prompts", png.name, caption), c["accuracy"]["all"]
+
+
 def run_demo(
     out: Path,
     models_root: Path | None = None,
@@ -229,25 +285,13 @@ def run_demo(
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     models = load_demo_models(models_root)
-    steps = tqdm(total=6, desc="demo", unit="step", disable=not progress, file=sys.stderr)
+    steps = tqdm(total=8, desc="demo", unit="step", disable=not progress, file=sys.stderr)
     scores: dict[str, float] = {}
     sections: list[Section | list[Section]] = []  # a list of sections: shown side by side
-    for split, title in (("val", "seen colour-shape pairs"), ("heldout", "held-out pairs (never in training)")):
-        ps = shapes_prompts(split, prompts, seed)
-        r = generate_and_rerank(models, ps, candidates, seed)
-        rows = [[to_pil(im) for im in r["images"][i]] for i in range(len(ps))]
-        # native 64-px cells, captions above the rows: 16 samples and a 16-px caption fit a 1280-px page unscaled
-        png = grid_png(rows, ps, out / f"dalle-{split}.png", scale=1, highlight=r["best"], label_above=True)
-        scores[f"DALL·E {split}: random sample"] = r["random_acc"]
-        scores[f"DALL·E {split}: CLIP rerank {candidates}→1"] = r["rerank_acc"]
-        sections.append(
-            (
-                f"DALL·E, {title}",
-                png.name,
-                f"{candidates} samples per caption; CLIP's pick framed in green. Judge: every attribute right on "
-                f"{100 * r['random_acc']:.0f}% of samples, {100 * r['rerank_acc']:.0f}% after reranking.",
-            )
-        )
+    for split, objects in (("val", "1"), ("heldout", "1"), ("heldout", "2")):
+        section, split_scores = dalle_section(models, out, split, objects, prompts, candidates, seed)
+        sections.append(section)
+        scores.update(split_scores)
         steps.update(1)
     panels = []  # the two CLIP splits side by side
     for split in ("val", "heldout"):
@@ -256,22 +300,10 @@ def run_demo(
         scores[f"CLIP zero-shot {split}"] = accuracy
         steps.update(1)
     sections.append(panels)
-    grid = models["dalle"].config.image_grid
-    c = evaluate_image_prompts(
-        models["dalle"], models["judge"], "val", 4, 4, SamplingSettings(temperature=1.0, seed=seed), None, grid // 2,
-        data_seed=seed, progress=False,
-    )  # fmt: skip
-    rows = [[orig] + [to_pil(im) for im in c["samples"][i]] for i, orig in enumerate(c["originals"])]
-    png = grid_png(rows, c["captions"], out / "image-prompts.png", header=["original", "completions →"])
-    scores["DALL·E image-prompt completion"] = c["accuracy"]["all"]
-    sections.append(
-        (
-            "Image prompts",
-            png.name,
-            f"Top {grid // 2} of {grid} code rows kept, the rest sampled; judge: "
-            f"{100 * c['accuracy']['all']:.0f}% of completions right.",
-        )
-    )
+    binding = binding_accuracy(models["clip"], *binding_scenes("val", zero_shot_images, seed + 1))
+    scores["CLIP binding val: caption vs its swaps"] = binding["top1"]
+    section, scores["DALL·E image-prompt completion"] = image_prompt_section(models, out, seed)
+    sections.append(section)
     steps.update(1)
     language, gpt_scores = "", {}
     gpt_dir = packaged_path("gpt", models_root)

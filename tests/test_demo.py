@@ -78,6 +78,7 @@ def test_demo_writes_page_and_scores(demo_page, capsys):
     for png in (
         "dalle-val.png",
         "dalle-heldout.png",
+        "dalle-heldout-2-objects.png",
         "clip-val.png",
         "clip-heldout.png",
         "image-prompts.png",
@@ -85,6 +86,7 @@ def test_demo_writes_page_and_scores(demo_page, capsys):
         "gpt-fewshot.png",
     ):
         assert (out / png).stat().st_size > 0 and png in page
+    assert "two objects of held-out pairs" in page and "Relation drawn as asked:" in page
     # the language section: prompts at k = 0 and k = 4 with the GPT's answers
     assert "GPT: in-context learning" in page and "lexicon" in page
     table = page[page.index("<h2>Scores</h2>") : page.index("<h2>DALL·E")]
@@ -99,6 +101,8 @@ def test_demo_json_scores(tiny_models, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert all(0.0 <= v <= 1.0 for v in result["scores"].values()) and 0 <= result["scores"]["GPT k=4"] <= 1
     assert {"CLIP zero-shot heldout", "DALL·E image-prompt completion"} <= set(result["scores"])
+    # the two-object results: the judge's score of two-object captions and CLIP's binding of attributes
+    assert {"DALL·E heldout 2 objects: random sample", "CLIP binding val: caption vs its swaps"} <= set(result["scores"])
 
 
 def test_how_trained_is_a_table():
