@@ -102,7 +102,9 @@ def test_demo_json_scores(tiny_models, tmp_path, capsys):
     assert all(0.0 <= v <= 1.0 for v in result["scores"].values()) and 0 <= result["scores"]["GPT k=4"] <= 1
     assert {"CLIP zero-shot heldout", "DALL·E image-prompt completion"} <= set(result["scores"])
     # the two-object results: the judge's score of two-object captions and CLIP's binding of attributes
-    assert {"DALL·E heldout 2 objects: random sample", "CLIP binding val: caption vs its swaps"} <= set(result["scores"])
+    assert {"DALL·E heldout 2 objects: random sample", "CLIP binding val: caption vs its swaps"} <= set(
+        result["scores"]
+    )
 
 
 def test_how_trained_is_a_table():
