@@ -69,7 +69,7 @@ def summarize(rows: list[dict]) -> dict:
         for k, want in enumerate(r["requested"]):
             if "shape" not in want:
                 continue
-            got = r["predicted"][k]["shape"] if k < len(r["predicted"]) else None
+            got = r["predicted"][k]["shape"] if k < len(r["predicted"]) and r["predicted"][k] else None
             entry = by_shape.setdefault(want["shape"], {"images": 0, "all": 0, "shape": 0, "drawn_as": {}})
             entry["images"] += 1
             entry["all"] += bool(r["all"])

@@ -261,7 +261,8 @@ def _score_one(prompt: str, want: list[dict], pred: list[dict]) -> dict:
     return {
         "prompt": prompt,
         "requested": [strip(o) for o in want],
-        "predicted": [strip(p) for p in pred],
+        # in the order of the requested objects they were matched to (None: nothing left to match)
+        "predicted": [strip(p) if p is not None else None for _, p in pairs],
         "correct": flat,
         "all": all(flat.values()),
     }

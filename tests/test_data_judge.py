@@ -118,3 +118,13 @@ def test_packaged_judge_reads_two_object_scenes(split):
     assert result["accuracy"]["all"] >= 0.99, result["accuracy"]
     with_relation = [r for r in result["per_image"] if "relation" in r["correct"]]
     assert with_relation and all(r["correct"]["relation"] for r in with_relation)
+
+
+def test_predictions_come_back_in_the_order_of_the_requested_objects():
+    from data.judge import _score_one
+
+    want = [{"shape": "circle", "color": "red", "relation": "above"}, {"shape": "square", "color": "blue"}]
+    square = {"shape": "square", "color": "blue", "size": "small", "position": "center", "row": 1, "col": 1}
+    circle = {"shape": "circle", "color": "red", "size": "small", "position": "top center", "row": 0, "col": 1}
+    scored = _score_one("a red circle above a blue square", want, [square, circle])  # the judge's own order
+    assert [p["shape"] for p in scored["predicted"]] == ["circle", "square"] and scored["all"]

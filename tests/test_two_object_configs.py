@@ -1,4 +1,5 @@
-"""The shipped shapes recipes train on one- and two-object scenes, and their lengths fit every caption."""
+"""The two-object recipes (`configs/*/shapes-mixed.yaml`) train on one- and two-object scenes, share their shards,
+and their lengths fit every caption."""
 
 from __future__ import annotations
 
@@ -27,23 +28,26 @@ def _longest_caption() -> str:
     )
 
 
-def test_shapes_recipes_train_on_mixed_scenes_sharing_their_shards():
-    data = {name: _config(name)["data"]["init_args"] for name in ("vae/shapes", "dalle/shapes", "clip/shapes")}
+def test_mixed_recipes_train_on_mixed_scenes_sharing_their_shards():
+    data = {
+        name: _config(name)["data"]["init_args"]
+        for name in ("vae/shapes-mixed", "dalle/shapes-mixed", "clip/shapes-mixed")
+    }
     assert all(d["objects"] == "mixed" for d in data.values())
     # the tokenizer and DALL·E read the same shards (rendered once)
-    assert data["vae/shapes"]["root"] == data["dalle/shapes"]["root"]
+    assert data["vae/shapes-mixed"]["root"] == data["dalle/shapes-mixed"]["root"]
 
 
 def test_dalle_text_length_holds_every_caption():
-    config = _config("dalle/shapes")["model"]["init_args"]["config"]
+    config = _config("dalle/shapes-mixed")["model"]["init_args"]["config"]
     longest = _longest_caption()
     assert len(longest.encode()) + 1 <= config["text_length"], longest  # + end of text
 
 
-def test_clip_recipe_trains_with_attribute_swaps_as_negatives():
-    model = _config("clip/shapes")["model"]["init_args"]
-    assert model["hard_negatives"] is True
-    context = _config("clip/shapes")["data"]["init_args"]["context_length"]
+def test_clip_recipe_fits_every_caption_and_names_its_hard_negative_switch():
+    model = _config("clip/shapes-mixed")["model"]["init_args"]
+    assert model["hard_negatives"] is False  # on: better seen-pair binding, held-out pairs lost (the config says)
+    context = _config("clip/shapes-mixed")["data"]["init_args"]["context_length"]
     from multimodal.tokenizers import get_tokenizer
 
     assert len(get_tokenizer("clip").encode(_longest_caption())) + 2 <= context
