@@ -145,6 +145,7 @@ SKIPPED = {  # command prefix -> why it is not run by the tests
     "dalle.evaluate --vae dalle": "512 reconstructions per split (a minute)",
     "dalle.evaluate": "",  # the bare module name in prose
     "clip.evaluate --checkpoint clip": "",  # run below
+    "clip.binding": "1000 two-object scenes on a trained CLIP (a minute); tests/test_binding.py runs it on a tiny CLIP",
 }
 
 
