@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -230,7 +231,11 @@ def dalle_section(
     """A grid of ``candidates`` samples for ``prompts`` captions of ``split`` (``objects`` per image), CLIP's
     pick framed; its judge scores, and for two objects how often each asked-for relation was drawn."""
     ps = shapes_prompts(split, prompts, seed, objects)
-    r = generate_and_rerank(models, ps, candidates, seed)
+    text_length = models["dalle"].config.text_length
+    cut = sum(len(models["dalle"].tokenizer.encode(p)) + 1 > text_length for p in ps)
+    with warnings.catch_warnings():  # the cut captions are counted in the section's caption instead
+        warnings.filterwarnings("ignore", "prompt of .* truncated", UserWarning)
+        r = generate_and_rerank(models, ps, candidates, seed)
     rows = [[to_pil(im) for im in r["images"][i]] for i in range(len(ps))]
     name = f"dalle-{split}" if objects == "1" else f"dalle-{split}-{objects}-objects"
     # native 64-px cells, captions above the rows: 16 samples and a 16-px caption fit a 1280-px page unscaled
@@ -244,6 +249,8 @@ def dalle_section(
         f"{candidates} samples per caption; CLIP's pick framed in green. Judge: every attribute right on "
         f"{100 * r['random_acc']:.0f}% of samples, {100 * r['rerank_acc']:.0f}% after reranking."
     )
+    if cut:
+        caption += f" {cut} of {len(ps)} captions are longer than this model's {text_length} text tokens and were cut."
     relations = summarize(r["judged"])["by_relation"]
     if relations:
         caption += (
