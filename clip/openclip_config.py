@@ -18,39 +18,33 @@ from multimodal.tokenizers import openclip_dir
 from multimodal.transformer import TransformerConfig
 
 # open_clip config fields we read (everything else must be absent or at its default).
-_VISION_DEFAULTS = {
+_TOWER_DEFAULTS = {  # fields both towers share
     "ls_init_value": None,
+    "output_tokens": False,
+    "act_kwargs": None,
+    "block_type": None,
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
+}
+_VISION_DEFAULTS = {
+    **_TOWER_DEFAULTS,
     "patch_dropout": 0.0,
     "attentional_pool": False,
     "pos_embed_type": "learnable",
-    "output_tokens": False,
-    "act_kwargs": None,
-    "block_type": None,
-    "qk_norm": False,
-    "scaled_cosine_attn": False,
-    "scale_heads": False,
-    "scale_attn_inner": False,
-    "scale_attn": False,
-    "scale_fc": False,
     "timm_model_name": None,
 }
 _TEXT_DEFAULTS = {
+    **_TOWER_DEFAULTS,
     "hf_tokenizer_name": None,
     "tokenizer_mode": None,
     "tokenizer_kwargs": None,
-    "ls_init_value": None,
     "embed_cls": False,
     "pad_id": 0,
     "proj_type": "linear",
-    "output_tokens": False,
-    "act_kwargs": None,
-    "block_type": None,
-    "qk_norm": False,
-    "scaled_cosine_attn": False,
-    "scale_heads": False,
-    "scale_attn_inner": False,
-    "scale_attn": False,
-    "scale_fc": False,
     "hf_model_name": None,
 }
 
