@@ -45,13 +45,16 @@ def binding_accuracy(
     for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="scenes", unit="batch"):
         batch_images, batch_captions = images[start : start + batch_size], captions[start : start + batch_size]
         image_emb = model.embed_images(list(batch_images))  # [b, E]
-        for emb, caption in zip(image_emb, batch_captions):
-            swaps = shapes.swapped_captions(caption)
-            if not swaps:
+        swaps = [shapes.swapped_captions(c) for c in batch_captions]
+        texts = [t for c, s in zip(batch_captions, swaps) if s for t in (c, *s.values())]
+        text_emb = model.embed_texts(texts) if texts else None  # [sum(1 + S), E], one call per batch
+        at = 0
+        for emb, s in zip(image_emb, swaps):
+            if not s:
                 continue
-            text_emb = model.embed_texts([caption, *swaps.values()])  # [1 + S, E]
-            sims = text_emb @ emb  # [1 + S]
-            for k, sim in zip(swaps, sims[1:]):
+            sims = text_emb[at : at + 1 + len(s)] @ emb  # [1 + S]: the caption, then its swaps
+            at += 1 + len(s)
+            for k, sim in zip(s, sims[1:]):
                 wins[k].append(bool(sims[0] > sim))
             every.append(bool((sims[0] > sims[1:]).all()))
     pairs = [w for v in wins.values() for w in v]
