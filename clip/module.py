@@ -61,7 +61,7 @@ class CLIPModule(ModelModule):
         zeroshot_templates: list[str] | None = None,
         val_names: list[str] | None = None,
         init_text_from: str | None = None,
-        hard_negatives: bool = False,
+        hard_negatives: bool | list[str] = False,
     ) -> None:
         """``vision`` / ``text``: fields of ``clip.model.VisionConfig`` / ``TextConfig``.
 
@@ -70,9 +70,11 @@ class CLIPModule(ModelModule):
         ``val_names``: a name per validation dataloader for the logged metrics (default val, heldout, ...).
         ``hard_negatives``: each two-object caption also brings its attribute swaps (``data.shapes.swapped_captions``:
         colours, shapes, relation or positions exchanged) as extra negatives for its image, so the text tower must
-        bind each attribute to its object instead of reading a bag of words.
+        bind each attribute to its object instead of reading a bag of words. A list keeps only those kinds of
+        ``data.shapes.SWAPS`` (e.g. ``[relation, position]``: only where the objects are).
         """
         super().__init__()
+        self.swap_kinds = _swap_kinds(hard_negatives)
         self.save_hyperparameters()
         config = CLIPConfig(
             embed_dim=embed_dim,
@@ -95,7 +97,7 @@ class CLIPModule(ModelModule):
     # -- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         image, text, scale = self.model(batch["image"], batch["text"])
-        negatives = self._hard_negatives(batch["caption"]) if self.hparams.hard_negatives else None
+        negatives = self._hard_negatives(batch["caption"]) if self.swap_kinds else None
         loss = self.loss(image, text, scale, negatives)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", scale.detach())
@@ -106,7 +108,7 @@ class CLIPModule(ModelModule):
         """Text features ``[M, E]`` of every attribute swap of the batch's captions (None when there are none)."""
         from data.shapes import swapped_captions
 
-        texts = [t for c in captions for t in swapped_captions(c).values()]
+        texts = [t for c in captions for kind, t in swapped_captions(c).items() if kind in self.swap_kinds]
         if not texts:
             return None
         return self.model.encode_text(self.model.tokenize(texts).to(self.device))
@@ -207,3 +209,15 @@ def init_text_from_gpt(model: CLIP, path: str) -> list[str]:
         model.text.positional_embedding.copy_(gpt.position_embedding.weight[: t.context_length])
         copied.append("positional_embedding")
     return copied
+
+
+def _swap_kinds(hard_negatives: bool | list[str]) -> tuple[str, ...]:
+    """The swap kinds ``hard_negatives`` asks for: all of ``data.shapes.SWAPS`` for True, none for False."""
+    from data.shapes import SWAPS
+
+    if isinstance(hard_negatives, bool):
+        return SWAPS if hard_negatives else ()
+    unknown = sorted(set(hard_negatives) - set(SWAPS))
+    if unknown:
+        raise ValueError(f"hard_negatives: unknown swap kind(s) {unknown}; known: {', '.join(SWAPS)}")
+    return tuple(k for k in SWAPS if k in hard_negatives)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -394,6 +394,37 @@ class DALLE(nn.Module):
         return generate_images(
             self, prompts, num, settings, guidance, image_prompt, prompt_rows, rerank, keep, batch_size, progress
         )
+
+    # -- fine-tuning on longer captions ------------------------------------------------------------
+    @torch.no_grad()
+    def with_text_length(self, text_length: int) -> DALLE:
+        """A copy of this model that reads ``text_length`` text ids. Every weight is kept; the learned text
+        positions are kept up to the shorter length, and new ones start as the last learned position (a padding
+        position in a model whose captions were shorter), so fine-tuning on longer captions starts where this
+        model stands. Image positions are per row and column, so they do not move."""
+        if text_length == self.config.text_length:
+            return self
+        grown = DALLE(replace(self.config, text_length=text_length)).to(self.device)
+        state = self.state_dict()
+        old = state.pop("text_position.weight")
+        positions = old[-1:].repeat(text_length, 1)
+        n = min(len(old), text_length)
+        positions[:n] = old[:n]
+        grown.load_state_dict({**state, "text_position.weight": positions})
+        return grown.train(self.training)
+
+    def replace_vae(self, vae: nn.Module) -> None:
+        """Use ``vae`` (a ``DiscreteVAE``) as this model's frozen image tokenizer; it must give the same code grid
+        and codebook size. The codes keep their meaning only if its encoder and codebook are the old ones (a
+        decoder fine-tuned on frozen codes)."""
+        c = vae.config
+        if c.codebook_size != self.config.image_vocab_size or c.grid_size != self.config.image_grid:
+            raise CheckpointError(
+                f"dVAE gives a {c.grid_size}² grid of {c.codebook_size} codes; the model expects "
+                f"{self.config.image_grid}² of {self.config.image_vocab_size}"
+            )
+        self.config.vae = asdict(c)
+        self.vae = vae.to(self.device).requires_grad_(False).eval()
 
     # -- initialisation from a GPT of the suite ---------------------------------------------------
     @torch.no_grad()

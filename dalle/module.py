@@ -33,8 +33,12 @@ class DALLEModule(ModelModule):
 
     Args:
         config: the model's shape (``vae`` is filled from the dVAE export).
-        vae: export directory (or .ckpt) of the frozen dVAE; required unless ``init_from`` carries one.
-        init_from: a DALL·E checkpoint to continue from.
+        vae: export directory (or .ckpt) of the frozen dVAE; required unless ``init_from`` carries one. With
+            ``init_from`` it replaces that model's dVAE (same code grid and codebook size), e.g. one whose decoder
+            was fine-tuned on frozen codes (``VAEModule(decoder_only=True)``).
+        init_from: a DALL·E checkpoint to continue from (``config`` is then ignored).
+        text_length: with ``init_from``, the text ids per sample of the fine-tuned model (``DALLE.with_text_length``:
+            longer captions than the checkpoint was trained on).
         init_from_gpt: a GPT checkpoint of the suite whose backbone (and text embeddings) start the model.
         caption_dropout: probability of training a sample on the empty caption (for guidance).
         val_captions: prompts whose samples are drawn as a grid after each validation.
@@ -47,6 +51,7 @@ class DALLEModule(ModelModule):
         vae: str | None = None,
         init_from: str | None = None,
         init_from_gpt: str | None = None,
+        text_length: int | None = None,
         caption_dropout: float = 0.0,
         cache_codes: bool = True,
         lr: float = 3e-4,
@@ -65,8 +70,14 @@ class DALLEModule(ModelModule):
             config = DALLEConfig(**DALLEConfig.upgrade(config))
         if init_from is not None:
             self.model = load_model(init_from, "dalle")
+            if text_length is not None:
+                self.model = self.model.with_text_length(text_length)
+            if vae is not None:
+                self.model.replace_vae(load_model(vae, "vae"))
             self.model.train()
         else:
+            if text_length is not None:
+                raise ValueError("text_length resizes an init_from checkpoint; without one set config.text_length")
             config = config or DALLEConfig()
             vae_model = None
             if vae is not None:
@@ -87,6 +98,7 @@ class DALLEModule(ModelModule):
                 "vae": vae,
                 "init_from": init_from,
                 "init_from_gpt": init_from_gpt,
+                "text_length": text_length,
                 "caption_dropout": caption_dropout,
                 "cache_codes": cache_codes,
                 "lr": lr,

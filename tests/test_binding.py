@@ -84,6 +84,23 @@ def test_clip_module_trains_with_hard_negatives():
     assert losses[True] > losses[False]  # five more captions to rank below
 
 
+def test_hard_negatives_can_be_limited_to_some_swap_kinds():
+    from clip.module import CLIPModule
+
+    config = tiny_config()
+    kw = dict(embed_dim=config.embed_dim, vision=vars(config.vision), text=vars(config.text), zeroshot_labels=None)
+    captions = ["a red circle above a blue square", "a white cross and a pink diamond", "a red star"]
+    module = CLIPModule(**kw, hard_negatives=["relation"])
+    seen = []
+    module.model.tokenize = lambda texts: seen.extend(texts) or torch.zeros(len(texts), 8, dtype=torch.long)
+    module._hard_negatives(captions)
+    assert seen == ["a red circle below a blue square"]  # the one relation flip; no colour or shape swaps
+    assert CLIPModule(**kw, hard_negatives=True).swap_kinds == shapes.SWAPS
+    assert CLIPModule(**kw, hard_negatives=False).swap_kinds == ()
+    with pytest.raises(ValueError, match="unknown swap kind.*'colour'"):
+        CLIPModule(**kw, hard_negatives=["colour"])
+
+
 class _Scenes:
     """A fake CLIP whose text features say which scene a caption describes: an oracle when ``binds``,
     otherwise a bag of words (a caption and its swaps are the same vector)."""

@@ -227,3 +227,44 @@ def test_module_trains_caches_codes_and_drops_captions(tmp_path):
     ckpt = next(tmp_path.rglob("*.ckpt"))
     loaded = load_model(ckpt, "dalle")
     torch.testing.assert_close(loaded.image_head.weight, module.model.image_head.weight)
+
+
+@pytest.mark.filterwarnings("ignore:Found \\d+ module\\(s\\) in eval mode")  # the frozen dVAE, on purpose
+def test_fine_tuning_on_longer_captions_keeps_every_weight_and_takes_a_new_decoder(tmp_path):
+    from dalle.module import DALLEModule
+    from multimodal.checkpoint import CheckpointError
+    from tests.dalle_helpers import tiny_vae
+
+    old = tiny_dalle()
+    path = save_export(old, tmp_path / "dalle")
+    vae = tiny_vae()
+    with torch.no_grad():
+        vae.decoder.output.bias.add_(0.5)  # a retrained decoder on the same encoder and codes
+    vae_dir = save_export(vae, tmp_path / "vae")
+    module = DALLEModule(init_from=str(path), text_length=24, vae=str(vae_dir))
+    new = module.model
+    assert new.config.text_length == 24 and new.tokenize(["x" * 30], warn=False).shape == (1, 24)
+    assert torch.equal(new.text_position.weight[:16], old.text_position.weight)
+    assert torch.equal(new.text_position.weight[16:], old.text_position.weight[-1:].expand(8, -1))
+    for name in (
+        "image_embedding.weight",
+        "row_position.weight",
+        "image_head.weight",
+        "transformer.blocks.0.mlp.fc.weight",
+    ):
+        assert torch.equal(new.state_dict()[name], old.state_dict()[name]), name
+    images = torch.rand(2, 3, 16, 16)
+    codes = old.vae.encode(images)
+    assert torch.equal(new.vae.encode(images), codes)  # the codes keep their meaning
+    assert torch.allclose(new.vae.decode(codes), vae.decode(codes))  # and the new decoder draws them
+    assert not any(p.requires_grad for p in new.vae.parameters())
+    # the resized model trains and samples; its export reloads with the new length and decoder
+    loss = new.loss(new.tokenize(["a red circle above a blue square"]), codes[:1])["loss"]
+    loss.backward()
+    assert new.text_position.weight.grad[16:].abs().sum() > 0
+    reloaded = load_model(save_export(new, tmp_path / "long"), "dalle")
+    assert reloaded.config.text_length == 24 and torch.allclose(reloaded.vae.decode(codes), vae.decode(codes))
+    with pytest.raises(CheckpointError, match="grid of 16 codes; the model expects 4² of 32"):
+        tiny_dalle(with_vae=False, image_vocab_size=32).replace_vae(vae)
+    with pytest.raises(ValueError, match="text_length resizes an init_from"):
+        DALLEModule(config=tiny_config(), text_length=24)

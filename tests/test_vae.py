@@ -263,3 +263,37 @@ def _image_loader(images: torch.Tensor, batch_size: int = 8):
 
     rows = [{"image": img} for img in images]
     return DataLoader(rows, batch_size=batch_size, collate_fn=lambda b: {"image": torch.stack([r["image"] for r in b])})
+
+
+def test_decoder_only_fine_tuning_keeps_the_codes_and_improves_the_decoder(tmp_path):
+    import lightning as L
+
+    images = blocks_images(16, 16, seed=3)
+    torch.manual_seed(0)
+    start = tiny_vae(quantizer="vq", loss="mse")
+    save_export(start, tmp_path / "start")
+    codes = start.encode(images)
+    module = VAEModule(init_from=str(tmp_path / "start"), decoder_only=True, lr=3e-3, restart_every=10, grid_images=4)
+    trained = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
+    assert not any(id(p) in trained for p in module.model.encoder.parameters())
+    assert id(module.model.decoder.input.weight) not in trained  # the codebook is what codes are matched against
+    with torch.no_grad():
+        before = module.model(images)["recon_loss"].item()
+    trainer = L.Trainer(
+        max_steps=80,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, _image_loader(images))
+    module.eval()
+    with torch.no_grad():
+        after = module.model(images)["recon_loss"].item()
+    assert torch.equal(module.model.encode(images), codes)  # no restarts either: every code means what it meant
+    assert after < 0.85 * before
+    with pytest.raises(ValueError, match="decoder_only fine-tunes"):
+        VAEModule(tiny_config(quantizer="vq"), decoder_only=True)

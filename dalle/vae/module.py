@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from dalle.vae.model import DiscreteVAE, VAEConfig, code_usage, psnr
-from multimodal.checkpoint import load_model
+from multimodal.checkpoint import CheckpointError, load_model
 from multimodal.images import image_grid, save_png
 from multimodal.lightning import ModelModule
 
@@ -37,7 +37,10 @@ class VAEModule(ModelModule):
     With ``quantizer="vq"`` the Gumbel schedules do not apply: the loss carries ``commitment_weight``
     (VQ-VAE's beta), and every ``restart_every`` steps the codes no batch picked in that window are moved
     onto encoder outputs of the current batch (dead-code restart; 0 turns it off). ``foreground_weight``
-    adds that many times the squared error on non-black pixels (see ``foreground_error``).
+    adds that many times the squared error on non-black pixels (see ``foreground_error``). ``decoder_only``
+    (with ``init_from``) trains the decoder alone on frozen codes: the encoder and the codebook stay as they are
+    (no restarts), so every code means what it meant and a DALL·E trained on them can take the new decoder
+    (``DALLEModule(init_from=..., vae=...)``).
     Validation decodes the argmax codes (what DALL·E sees): PSNR, code usage, a grid of originals above
     reconstructions (to the logger when it takes images, else PNGs under the log directory).
     """
@@ -62,6 +65,7 @@ class VAEModule(ModelModule):
         commitment_weight: float = 0.25,
         restart_every: int = 100,
         foreground_weight: float = 0.0,
+        decoder_only: bool = False,
         grid_images: int = 8,
         log_images: bool = True,
     ) -> None:
@@ -69,11 +73,20 @@ class VAEModule(ModelModule):
         super().__init__()
         if isinstance(config, dict):  # from a checkpoint's hyper-parameters
             config = VAEConfig(**config)
-        if init_from is not None:  # fine-tune an export (e.g. OpenAI's converted dVAE)
-            self.model = load_model(init_from, "vae")
+        if init_from is not None:  # fine-tune an export (e.g. OpenAI's converted dVAE) or a DALL·E's tokenizer
+            loaded = load_model(init_from, ("vae", "dalle"))
+            self.model = loaded if isinstance(loaded, DiscreteVAE) else loaded.vae
+            if self.model is None:
+                raise CheckpointError(f"{init_from}: this DALL·E export carries no dVAE")
+            self.model.requires_grad_(True)  # a DALL·E keeps its dVAE frozen
             self.model.train()
         else:
             self.model = DiscreteVAE(config or VAEConfig())
+        if decoder_only:
+            if init_from is None or self.model.config.quantizer != "vq":
+                raise ValueError("decoder_only fine-tunes the decoder of a VQ tokenizer: give init_from a vq export")
+            self.model.encoder.requires_grad_(False)
+            self.model.decoder.input.weight.requires_grad_(False)  # the codebook the encoder is matched against
         hp = {k: v for k, v in args.items() if k not in ("self", "config", "__class__")}
         hp["betas"] = list(betas)
         # plain types only, so .ckpt files stay loadable with weights_only=True
@@ -118,7 +131,7 @@ class VAEModule(ModelModule):
         with torch.no_grad():
             ids = out["logits"].argmax(1)
             counts = torch.bincount(ids.flatten(), minlength=self.model.config.codebook_size)
-            if "z_e" in out and h.restart_every:
+            if "z_e" in out and h.restart_every and not h.decoder_only:
                 self._count_codes(counts, out["z_e"])
             perplexity, _ = code_usage(counts)
             p = psnr(out["reconstruction"], images).mean()
