@@ -38,10 +38,14 @@ def test_mixed_recipes_train_on_mixed_scenes_sharing_their_shards():
     assert data["vae/shapes-mixed"]["root"] == data["dalle/shapes-mixed"]["root"]
 
 
-def test_dalle_text_length_holds_every_caption():
-    config = _config("dalle/shapes-mixed")["model"]["init_args"]["config"]
+def test_dalle_fine_tunes_the_packaged_model_on_text_that_holds_every_caption():
+    dalle = _config("dalle/shapes-mixed")["model"]["init_args"]
     longest = _longest_caption()
-    assert len(longest.encode()) + 1 <= config["text_length"], longest  # + end of text
+    assert len(longest.encode()) + 1 <= dalle["text_length"], longest  # + end of text
+    # the tokenizer recipe retrains the decoder of the same model's dVAE on frozen codes, so the codes DALL·E
+    # learns keep their meaning under the new decoder
+    vae = _config("vae/shapes-mixed")["model"]["init_args"]
+    assert dalle["init_from"] == vae["init_from"] == "dalle" and vae["decoder_only"] is True
 
 
 def test_clip_recipe_fits_every_caption_and_names_its_hard_negative_switch():
