@@ -61,6 +61,7 @@ class CLIPModule(ModelModule):
         zeroshot_templates: list[str] | None = None,
         val_names: list[str] | None = None,
         init_text_from: str | None = None,
+        init_from: str | None = None,
         hard_negatives: bool | list[str] = False,
     ) -> None:
         """``vision`` / ``text``: fields of ``clip.model.VisionConfig`` / ``TextConfig``.
@@ -68,6 +69,8 @@ class CLIPModule(ModelModule):
         ``zeroshot_labels``: "shapes" (the 48 colour × shape pairs; ground truth from the one-object
         images' json) or an explicit list whose ground truth is each sample's caption; None disables it.
         ``val_names``: a name per validation dataloader for the logged metrics (default val, heldout, ...).
+        ``init_from``: a CLIP checkpoint (export, ``.ckpt``, packaged name) to fine-tune; its own shape then replaces
+        ``embed_dim`` / ``vision`` / ``text``.
         ``hard_negatives``: each two-object caption also brings its attribute swaps (``data.shapes.swapped_captions``:
         colours, shapes, relation or positions exchanged) as extra negatives for its image, so the text tower must
         bind each attribute to its object instead of reading a bag of words. A list keeps only those kinds of
@@ -81,7 +84,7 @@ class CLIPModule(ModelModule):
             vision=dict(vision or {}),
             text=dict(text or {}),
         )
-        self.model = CLIP(config)
+        self.model = CLIP(config) if init_from is None else load_model(init_from, "clip").train()
         if init_text_from:
             init_text_from_gpt(self.model, init_text_from)
         self.loss = ClipLoss(local_loss=local_loss)

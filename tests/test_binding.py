@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from clip import binding
 from clip.loss import ClipLoss
 from data import shapes
+from multimodal.checkpoint import load_model
 from tests.clip_helpers import tiny_config, tiny_export
 
 
@@ -82,6 +83,22 @@ def test_clip_module_trains_with_hard_negatives():
         losses[hard] = module.training_step(batch, 0)
         assert torch.isfinite(losses[hard])
     assert losses[True] > losses[False]  # five more captions to rank below
+
+
+def test_clip_module_fine_tunes_an_export_with_its_own_shape(tmp_path):
+    from clip.module import CLIPModule
+
+    start = tiny_export(tmp_path / "clip")
+    module = CLIPModule(embed_dim=999, init_from=str(start), zeroshot_labels=None, hard_negatives=True)
+    loaded = load_model(start, "clip")
+    assert module.model.config.embed_dim == loaded.config.embed_dim  # the export's shape, not the arguments'
+    assert all(torch.equal(a, b) for a, b in zip(module.model.state_dict().values(), loaded.state_dict().values()))
+    module.log = lambda *a, **k: None
+    captions = ["a red circle above a blue square", "a green star"]
+    size = loaded.config.vision.image_size
+    batch = {"image": torch.randn(2, 3, size, size), "text": module.model.tokenize(captions), "caption": captions}
+    module.training_step(batch, 0).backward()
+    assert all(p.grad is not None for p in module.model.parameters())  # every weight trains
 
 
 def test_hard_negatives_can_be_limited_to_some_swap_kinds():
