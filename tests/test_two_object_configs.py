@@ -31,26 +31,43 @@ def _longest_caption() -> str:
 def test_mixed_recipes_train_on_mixed_scenes_sharing_their_shards():
     data = {
         name: _config(name)["data"]["init_args"]
-        for name in ("vae/shapes-mixed", "dalle/shapes-mixed", "clip/shapes-mixed")
+        for name in ("vae/shapes-mixed", "dalle/shapes-mixed", "clip/shapes-mixed", "clip/shapes-mixed-scratch")
     }
     assert all(d["objects"] == "mixed" for d in data.values())
     # the tokenizer and DALL·E read the same shards (rendered once)
     assert data["vae/shapes-mixed"]["root"] == data["dalle/shapes-mixed"]["root"]
 
 
-def test_dalle_fine_tunes_the_packaged_model_on_text_that_holds_every_caption():
+def test_dalle_fine_tunes_the_one_object_model_on_text_that_holds_every_caption():
+    from multimodal.demo import RECIPES
+
     dalle = _config("dalle/shapes-mixed")["model"]["init_args"]
     longest = _longest_caption()
     assert len(longest.encode()) + 1 <= dalle["text_length"], longest  # + end of text
-    # it starts from the one-object model and keeps that model's tokenizer (no `vae:`), so its codes mean
-    # what they meant
-    assert dalle["init_from"] == "dalle" and dalle.get("vae") is None
+    # it starts from what the one-object recipe exports and keeps that model's tokenizer (no `vae:`), so its
+    # codes mean what they meant; `demo build` trains that recipe first
+    exports = {config: export for _, config, export in RECIPES}
+    assert dalle["init_from"] == exports["configs/dalle/shapes.yaml"] and dalle.get("vae") is None
+    order = [config for _, config, _ in RECIPES]
+    assert order.index("configs/dalle/shapes.yaml") < order.index("configs/dalle/shapes-mixed.yaml")
 
 
-def test_clip_recipe_fits_every_caption_and_names_its_hard_negative_switch():
-    model = _config("clip/shapes-mixed")["model"]["init_args"]
-    assert model["hard_negatives"] is False  # on: better seen-pair binding, held-out pairs lost (the config says)
-    context = _config("clip/shapes-mixed")["data"]["init_args"]["context_length"]
+def test_clip_recipes_fit_every_caption_and_name_their_hard_negatives():
+    from data.shapes import SWAPS
+    from multimodal.demo import RECIPES
     from multimodal.tokenizers import get_tokenizer
 
-    assert len(get_tokenizer("clip").encode(_longest_caption())) + 2 <= context
+    tuned, scratch = _config("clip/shapes-mixed"), _config("clip/shapes-mixed-scratch")
+    # the packaged recipe fine-tunes what the one-object recipe exports, with only the spatial swaps as negatives:
+    # colour and shape swaps teach the seen pairs as units (the scratch recipe's header has the figures)
+    model = tuned["model"]["init_args"]
+    exports = {config: export for _, config, export in RECIPES}
+    assert model["init_from"] == exports["configs/clip/shapes.yaml"]
+    assert set(model["hard_negatives"]) == {"relation", "position"} < set(SWAPS)
+    assert scratch["model"]["init_args"]["hard_negatives"] is False
+    # `demo build` trains the one-object CLIP before the one that starts from it
+    order = [config for _, config, _ in RECIPES]
+    assert order.index("configs/clip/shapes.yaml") < order.index("configs/clip/shapes-mixed.yaml")
+    for config in (tuned, scratch):
+        context = config["data"]["init_args"]["context_length"]
+        assert len(get_tokenizer("clip").encode(_longest_caption())) + 2 <= context
