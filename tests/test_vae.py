@@ -226,8 +226,6 @@ def test_vq_straight_through_gradients_and_loss_terms():
 
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")  # train only
 def test_vq_training_restarts_dead_codes_and_learns(tmp_path):
-    import lightning as L
-
     images = blocks_images(16, 16, seed=3)
     loader = _image_loader(images)
     torch.manual_seed(0)
@@ -235,17 +233,7 @@ def test_vq_training_restarts_dead_codes_and_learns(tmp_path):
     with torch.no_grad():
         before = module.model(images)["recon_loss"].item()
         used_before = module.model.encode(images).unique().numel()
-    trainer = L.Trainer(
-        max_steps=60,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module, loader)
+    _fit(module, loader, 60, tmp_path)
     module.eval()
     with torch.no_grad():
         after = module.model(images)["recon_loss"].item()
@@ -257,6 +245,23 @@ def test_vq_training_restarts_dead_codes_and_learns(tmp_path):
     assert loaded.config.quantizer == "vq" and torch.equal(loaded.encode(images), module.model.encode(images))
 
 
+def _fit(module: VAEModule, loader, steps: int, root) -> None:
+    """``steps`` optimiser steps of ``module`` on ``loader``, no logging, checkpoints or validation."""
+    import lightning as L
+
+    trainer = L.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=root,
+    )
+    trainer.fit(module, loader)
+
+
 def _image_loader(images: torch.Tensor, batch_size: int = 8):
     """Batches ``{"image": [B, 3, H, W]}`` of ``images``, as the shapes DataModule gives them."""
     from torch.utils.data import DataLoader
@@ -266,8 +271,6 @@ def _image_loader(images: torch.Tensor, batch_size: int = 8):
 
 
 def test_decoder_only_fine_tuning_keeps_the_codes_and_improves_the_decoder(tmp_path):
-    import lightning as L
-
     images = blocks_images(16, 16, seed=3)
     torch.manual_seed(0)
     start = tiny_vae(quantizer="vq", loss="mse")
@@ -279,17 +282,7 @@ def test_decoder_only_fine_tuning_keeps_the_codes_and_improves_the_decoder(tmp_p
     assert id(module.model.decoder.input.weight) not in trained  # the codebook is what codes are matched against
     with torch.no_grad():
         before = module.model(images)["recon_loss"].item()
-    trainer = L.Trainer(
-        max_steps=80,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module, _image_loader(images))
+    _fit(module, _image_loader(images), 80, tmp_path)
     module.eval()
     with torch.no_grad():
         after = module.model(images)["recon_loss"].item()
