@@ -325,7 +325,7 @@ def test_bad_request_corpus_gets_json_errors_and_the_server_stays_up(server):
         ("/v1/images/generations", {"n": 2}, 400, "prompt", "missing"),
         ("/v1/images/generations", {"prompt": "a red circle", "n": 100}, 400, "n", "[1, 16]"),
         ("/v1/images/generations", {"prompt": "a red circle", "size": "256x256"}, 400, "size", "64x64"),
-        ("/v1/images/generations", {"prompt": "red " * 40}, 400, "prompt", "at most 64"),
+        ("/v1/images/generations", {"prompt": "red " * 40}, 400, "prompt", "at most 96"),
         ("/v1/embeddings", {"input": 3}, 400, "input", "string"),
         ("/v1/embeddings", {"input": "data:image/png;base64,!!"}, 400, "input[0]", "base64"),
         (
