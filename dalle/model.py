@@ -400,8 +400,9 @@ class DALLE(nn.Module):
     def with_text_length(self, text_length: int) -> DALLE:
         """A copy of this model that reads ``text_length`` text ids. Every weight is kept; the learned text
         positions are kept up to the shorter length, and new ones start as the last learned position (a padding
-        position in a model whose captions were shorter), so fine-tuning on longer captions starts where this
-        model stands. Image positions are per row and column, so they do not move."""
+        position in a model whose captions were shorter). A start for fine-tuning on longer captions, not the same
+        model: image positions now also attend to the new padding positions. Image positions are per row and
+        column, so they do not move."""
         if text_length == self.config.text_length:
             return self
         grown = DALLE(replace(self.config, text_length=text_length)).to(self.device)
