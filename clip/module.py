@@ -79,12 +79,10 @@ class CLIPModule(ModelModule):
         super().__init__()
         self.swap_kinds = _swap_kinds(hard_negatives)
         self.save_hyperparameters()
-        config = CLIPConfig(
-            embed_dim=embed_dim,
-            vision=dict(vision or {}),
-            text=dict(text or {}),
-        )
-        self.model = CLIP(config) if init_from is None else load_model(init_from, "clip").train()
+        if init_from is None:
+            self.model = CLIP(CLIPConfig(embed_dim=embed_dim, vision=dict(vision or {}), text=dict(text or {})))
+        else:
+            self.model = load_model(init_from, "clip").train()
         if init_text_from:
             init_text_from_gpt(self.model, init_text_from)
         self.loss = ClipLoss(local_loss=local_loss)

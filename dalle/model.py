@@ -184,11 +184,9 @@ class DALLE(nn.Module):
             from dalle.vae import DiscreteVAE, VAEConfig
 
             vae = DiscreteVAE(VAEConfig(**c.vae))
-            if vae.config.codebook_size != c.image_vocab_size or vae.config.grid_size != c.image_grid:
-                raise ValueError(
-                    f"dVAE gives a {vae.config.grid_size}² grid of {vae.config.codebook_size} codes; the model "
-                    f"expects {c.image_grid}² of {c.image_vocab_size}"
-                )
+            mismatch = self._vae_mismatch(vae.config)
+            if mismatch:
+                raise ValueError(mismatch)
             self.vae = vae.requires_grad_(False).eval()  # frozen: trained separately, as in the paper
         self.init_weights()
         self._tokenizer = None
@@ -230,23 +228,26 @@ class DALLE(nn.Module):
             self._tokenizer = get_tokenizer(self.config.tokenizer)
         return self._tokenizer
 
+    def caption_ids(self, text: str) -> list[int]:
+        """A caption's ids before any cut: (start-of-text for CLIP's BPE) tokens, end-of-text. More than
+        ``text_length`` of them and ``tokenize`` cuts the caption."""
+        tok = self.tokenizer
+        sot = [tok.sot_id] if hasattr(tok, "sot_id") else []
+        return sot + tok.encode(text) + [tok.eot_id]
+
     def tokenize(self, texts: Sequence[str], warn: bool = True) -> Tensor:
-        """Captions → ``[B, L]``: (start-of-text for CLIP's BPE) tokens, end-of-text, then padding ids.
+        """Captions → ``[B, L]``: ``caption_ids``, then padding ids.
 
         A caption longer than ``L`` is cut (keeping the end-of-text token) with a warning.
         """
         tok, L = self.tokenizer, self.config.text_length
-        sot = [tok.sot_id] if hasattr(tok, "sot_id") else []
         out = torch.full((len(texts), L), self.config.pad_id, dtype=torch.long)
         for i, t in enumerate(texts):
-            ids = sot + tok.encode(t)
-            if len(ids) > L - 1:
+            ids = self.caption_ids(t)
+            if len(ids) > L:
                 if warn:
-                    warnings.warn(
-                        f"prompt of {len(ids) + 1} tokens truncated to the model's {L} text tokens", stacklevel=2
-                    )
-                ids = ids[: L - 1]
-            ids = ids + [tok.eot_id]
+                    warnings.warn(f"prompt of {len(ids)} tokens truncated to the model's {L} text tokens", stacklevel=2)
+                ids = ids[: L - 1] + [tok.eot_id]
             if max(ids) >= self.config.text_vocab_size:
                 raise ValueError(f"tokenizer {tok.name!r} gives ids beyond the model's text vocabulary")
             out[i, : len(ids)] = torch.tensor(ids)
@@ -414,17 +415,24 @@ class DALLE(nn.Module):
         grown.load_state_dict({**state, "text_position.weight": positions})
         return grown.train(self.training)
 
+    def _vae_mismatch(self, vae_config) -> str | None:
+        """Why a dVAE of ``vae_config`` cannot be this model's tokenizer (None: it can)."""
+        v, c = vae_config, self.config
+        if v.codebook_size != c.image_vocab_size or v.grid_size != c.image_grid:
+            return (
+                f"dVAE gives a {v.grid_size}² grid of {v.codebook_size} codes; the model expects "
+                f"{c.image_grid}² of {c.image_vocab_size}"
+            )
+        return None
+
     def replace_vae(self, vae: nn.Module) -> None:
         """Use ``vae`` (a ``DiscreteVAE``) as this model's frozen image tokenizer; it must give the same code grid
         and codebook size. The codes keep their meaning only if its encoder and codebook are the old ones (a
         decoder fine-tuned on frozen codes)."""
-        c = vae.config
-        if c.codebook_size != self.config.image_vocab_size or c.grid_size != self.config.image_grid:
-            raise CheckpointError(
-                f"dVAE gives a {c.grid_size}² grid of {c.codebook_size} codes; the model expects "
-                f"{self.config.image_grid}² of {self.config.image_vocab_size}"
-            )
-        self.config.vae = asdict(c)
+        mismatch = self._vae_mismatch(vae.config)
+        if mismatch:
+            raise CheckpointError(mismatch)
+        self.config.vae = asdict(vae.config)
         self.vae = vae.to(self.device).requires_grad_(False).eval()
 
     # -- initialisation from a GPT of the suite ---------------------------------------------------

@@ -234,7 +234,7 @@ def dalle_section(
     pick framed; its judge scores, and for two objects how often each asked-for relation was drawn."""
     ps = shapes_prompts(split, prompts, seed, objects)
     text_length = models["dalle"].config.text_length
-    cut = sum(len(models["dalle"].tokenizer.encode(p)) + 1 > text_length for p in ps)
+    cut = sum(len(models["dalle"].caption_ids(p)) > text_length for p in ps)
     with warnings.catch_warnings():  # the cut captions are counted in the section's caption instead
         warnings.filterwarnings("ignore", "prompt of .* truncated", UserWarning)
         r = generate_and_rerank(models, ps, candidates, seed)

@@ -3,6 +3,8 @@ checkpoints, GPT initialisation, the Lightning module."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -96,6 +98,23 @@ def test_text_tokenization_pads_and_truncates():
     with pytest.warns(UserWarning, match="truncated"):
         long = model.tokenize(["x" * 100])
     assert long.shape == (1, 16) and long[0, -1] == 256
+
+
+@pytest.mark.parametrize("tokenizer, vocab", [("byte", 257), ("clip", 49408)])
+def test_caption_ids_are_what_tokenize_fits_or_cuts(tokenizer, vocab):
+    """``caption_ids`` counts what ``tokenize`` writes (CLIP's BPE adds a start-of-text id), so the service's
+    length check and the demo's count of cut captions agree with the cut itself."""
+    model = tiny_dalle(with_vae=False, tokenizer=tokenizer, text_vocab_size=vocab)
+    L = model.config.text_length
+    for words in range(1, 40):
+        caption = " ".join(["red"] * words)
+        ids = model.caption_ids(caption)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            row = model.tokenize([caption])[0]
+        assert bool(caught) == (len(ids) > L), (tokenizer, words)
+        if len(ids) <= L:
+            assert row[: len(ids)].tolist() == ids and (row[len(ids) :] == model.config.pad_id).all()
 
 
 def test_export_roundtrip_samples_the_same_images(tmp_path):

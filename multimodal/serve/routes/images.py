@@ -57,8 +57,7 @@ def check_request(service: Service, req: ImageRequest) -> dict:
 
 
 def prompt_length(dalle, prompt: str) -> int:
-    tok = dalle.tokenizer
-    return len(tok.encode(prompt)) + 1 + (1 if hasattr(tok, "sot_id") else 0)
+    return len(dalle.caption_ids(prompt))
 
 
 @router.post("/images/generations")
